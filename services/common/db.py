@@ -1,0 +1,138 @@
+"""Engines and sessions for every service: PostgreSQL (psycopg 3) or embedded SQLite.
+
+SQLite gets WAL, a busy timeout and foreign keys, and write transactions start with
+BEGIN IMMEDIATE so concurrent writers queue on the database lock instead of failing halfway
+through with "database is locked" when they upgrade a read lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.errors import ConfigurationError, Unavailable
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITE_OPTION = "cairn_write"
+
+
+def normalize_database_url(url: str) -> URL:
+    """Parse a database URL; plain postgres:// URLs get the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as error:
+        raise ConfigurationError(f"invalid database URL {url!r}: {error}") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        raise ConfigurationError(
+            f"unsupported database {parsed.drivername!r}: use postgresql+psycopg://... or sqlite:///..."
+        )
+    return parsed
+
+
+def create_database_engine(url: str, *, pool_size: int = 10) -> Engine:
+    parsed = normalize_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, pool_size)
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def _sqlite_engine(url: URL, pool_size: int) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so the "begin" hook below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """One service's engine plus the session discipline: short read and write units."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = create_database_engine(url, pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+        self._reads = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(
+            bind=self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        # Closing (not rolling back) ends the read transaction without expiring the rows
+        # read, so callers may use them after the block.
+        with _translate_connection_errors(), self._reads() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that commits when the block succeeds and rolls back otherwise."""
+        with _translate_connection_errors(), self._writes() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def _translate_connection_errors() -> Iterator[None]:
+    """A database that cannot be reached is UNAVAILABLE to callers, never SQL text."""
+    try:
+        yield
+    except exc.OperationalError as error:
+        if error.connection_invalidated or _is_connection_problem(error):
+            log.warning("database unavailable: %s", error.orig)
+            raise Unavailable("the database is unavailable; retry later") from error
+        raise
+
+
+def _is_connection_problem(error: exc.OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return any(
+        marker in text
+        for marker in ("connection", "could not connect", "server closed", "database is locked")
+    )

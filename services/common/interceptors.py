@@ -1,0 +1,367 @@
+"""Server interceptors shared by every Cairn service.
+
+Order (outermost first): request id + structured access log, Prometheus metrics, bearer-token
+auth, error mapping. Each wraps the method handler once per call; servicer code stays free
+of cross-cutting concerns.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from services.common.errors import ERROR_DOMAIN, CairnError
+from services.common.logs import request_id_var
+
+log = logging.getLogger("cairn.rpc")
+
+REQUEST_ID_KEY = "x-request-id"
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+MAX_REQUEST_ID_LENGTH = 128
+
+Behavior = Callable[..., Any]
+
+STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+)
+HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+)
+LATENCY = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to complete an RPC on the server.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+Around = Callable[[grpc.aio.ServicerContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary_around: Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    stream_around: Callable[[Behavior, Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+) -> grpc.RpcMethodHandler:
+    """Rebuild a method handler with its behaviour wrapped, whatever its streaming kind."""
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await unary_around(inner, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await unary_around(inner_su, requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for item in stream_around(inner_us, request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for item in stream_around(inner_ss, requests, context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )
+
+
+async def _iterate(
+    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    result = behavior(request, context)
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:  # a coroutine that writes with context.write()
+        await result
+
+
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Base: subclasses implement `before`/`after` hooks around every call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return self.wrap(handler, handler_call_details)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class RequestContextInterceptor(_WrappingInterceptor):
+    """Gives every call a request id (the client's x-request-id or a new one), echoes it in
+    the trailing metadata and writes one structured access-log line per call."""
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        quiet = method.startswith(HEALTH_SERVICE_PREFIX)
+        incoming = dict(details.invocation_metadata or ())
+
+        def begin(context: grpc.aio.ServicerContext) -> tuple[contextvars.Token[str], float]:
+            supplied = str(incoming.get(REQUEST_ID_KEY, ""))[:MAX_REQUEST_ID_LENGTH]
+            rid = supplied if supplied.isprintable() and supplied else uuid.uuid4().hex
+            token = request_id_var.set(rid)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+            return token, time.perf_counter()
+
+        def end(
+            context: grpc.aio.ServicerContext, token: contextvars.Token[str], started: float
+        ) -> None:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            code = context.code()
+            code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            if not quiet or code_name != "OK":
+                level = (
+                    logging.WARNING
+                    if code_name in ("INTERNAL", "UNKNOWN", "DATA_LOSS")
+                    else logging.INFO
+                )
+                log.log(
+                    level,
+                    "rpc %s %s",
+                    method,
+                    code_name,
+                    extra={"duration_ms": round(elapsed_ms, 2), "peer": context.peer()},
+                )
+            request_id_var.reset(token)
+
+        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token, started = begin(context)
+            try:
+                return await behavior(request, context)
+            finally:
+                end(context, token, started)
+
+        async def stream(
+            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            token, started = begin(context)
+            try:
+                async for item in _iterate(behavior, request, context):
+                    yield item
+            finally:
+                end(context, token, started)
+
+        return wrap_handler(handler, unary, stream)
+
+
+class MetricsInterceptor(_WrappingInterceptor):
+    """Prometheus counters and latency histograms named as in go-grpc-prometheus."""
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        service, method = _split_method(details.method)
+        kind = _rpc_type(handler)
+        started = STARTED.labels(service, method, kind)
+        latency = LATENCY.labels(service, method, kind)
+
+        def finish(context: grpc.aio.ServicerContext, began: float) -> None:
+            latency.observe(time.perf_counter() - began)
+            code = context.code()
+            code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            HANDLED.labels(service, method, kind, code_name).inc()
+
+        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started.inc()
+            began = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            finally:
+                finish(context, began)
+
+        async def stream(
+            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            started.inc()
+            began = time.perf_counter()
+            try:
+                async for item in _iterate(behavior, request, context):
+                    yield item
+            finally:
+                finish(context, began)
+
+        return wrap_handler(handler, unary, stream)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens from CAIRN_AUTH_TOKENS; health checks stay open for probes."""
+
+    def __init__(self, tokens: frozenset[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                scheme, _, credential = str(value).partition(" ")
+                if scheme.lower() != "bearer":
+                    return False
+                supplied = credential.strip().encode()
+                # Compare against every token so timing does not reveal which one matched.
+                matches = [hmac.compare_digest(supplied, token) for token in self._tokens]
+                return any(matches)
+        return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or not self._tokens
+            or handler_call_details.method.startswith(HEALTH_SERVICE_PREFIX)
+            or self._authorized(handler_call_details)
+        ):
+            return handler
+
+        async def deny_unary(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid bearer token: send 'authorization: Bearer <token>'",
+            )
+
+        async def deny_stream(
+            _request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid bearer token: send 'authorization: Bearer <token>'",
+            )
+            yield None  # pragma: no cover - abort raises
+
+        async def deny(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await deny_unary(request, context)
+
+        async def deny_iter(
+            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for item in deny_stream(request, context):
+                yield item
+
+        return wrap_handler(handler, deny, deny_iter)
+
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """Domain errors -> canonical status + google.rpc.ErrorInfo; anything else -> INTERNAL
+    with the request id and no traceback or SQL text for the client."""
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+
+        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except Exception as error:
+                await abort_with(context, error, method)
+
+        async def stream(
+            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                async for item in _iterate(behavior, request, context):
+                    yield item
+            except Exception as error:
+                await abort_with(context, error, method)
+
+        return wrap_handler(handler, unary, stream)
+
+
+def status_for(error: Exception) -> status_pb2.Status:
+    """The google.rpc.Status a client sees for an exception raised while serving."""
+    rid = request_id_var.get()
+    if isinstance(error, CairnError):
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
+        )
+        if rid:
+            info.metadata["request_id"] = rid
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return status_pb2.Status(code=error.code.value, message=error.message, details=[detail])
+    message = "internal error" + (f" (request id {rid})" if rid else "")
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"request_id": rid} if rid else {}
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=[detail])
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    if not isinstance(error, CairnError):
+        log.exception("unhandled error in %s", method, exc_info=error)
+    status = rpc_status.to_status(status_for(error))
+    trailing = (*tuple(status.trailing_metadata), (REQUEST_ID_KEY, request_id_var.get()))
+    await context.abort(status.code, status.details, trailing)
+
+
+def default_interceptors(tokens: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
+    return [
+        RequestContextInterceptor(),
+        MetricsInterceptor(),
+        AuthInterceptor(tokens),
+        ErrorMappingInterceptor(),
+    ]

@@ -1,0 +1,142 @@
+"""Configuration from CAIRN_* environment variables, validated once at start-up.
+
+Every service reads the same Settings object; a bad value stops the process before any
+server binds, with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import ConfigurationError
+
+ServiceName = Literal["tracker", "scheduler", "analytics", "logproxy", "gateway"]
+
+DEFAULT_GRPC_PORTS: dict[str, int] = {
+    "tracker": 50051,
+    "scheduler": 50052,
+    "analytics": 50053,
+    "logproxy": 50054,
+}
+DEFAULT_METRICS_PORTS: dict[str, int] = {
+    "tracker": 9101,
+    "scheduler": 9102,
+    "analytics": 9103,
+    "logproxy": 9104,
+}
+
+
+class Settings(BaseSettings):
+    """Process configuration. Field `x` is read from the environment variable CAIRN_X."""
+
+    model_config = SettingsConfigDict(env_prefix="CAIRN_", extra="ignore", frozen=True)
+
+    # Where the embedded default keeps its SQLite database and artifact folder.
+    data_dir: Path = Path(".cairn")
+    # SQLAlchemy URL shared by services; CAIRN_<SVC>_DATABASE_URL overrides it per service.
+    database_url: str | None = None
+    tracker_database_url: str | None = None
+    # Where artifact content lives: a local folder, file://, gs://bucket/prefix or s3://...
+    artifact_root: str | None = None
+
+    # Address every gRPC server binds to. Binding anything but loopback requires auth tokens.
+    host: str = "127.0.0.1"
+    tracker_port: int = Field(default=DEFAULT_GRPC_PORTS["tracker"], ge=0, le=65535)
+    # Prometheus /metrics; 0 disables the endpoint.
+    tracker_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["tracker"], ge=0, le=65535)
+    metrics_host: str | None = None
+
+    # Comma-separated bearer tokens accepted by every server; empty = no auth (loopback only).
+    auth_tokens: str = ""
+    # HMAC key for page tokens. Unset: a random key per process (tokens then do not survive a
+    # restart, and replicas must share one; set it in production).
+    page_token_secret: str | None = None
+
+    # Apply alembic migrations when a server starts (the embedded default). On Kubernetes a
+    # Helm hook Job migrates and servers only verify the schema version.
+    auto_migrate: bool = True
+    # Threads that run blocking database and storage work for the async servers.
+    worker_threads: int = Field(default=16, ge=1, le=256)
+    # Seconds a SIGTERM'd server waits for in-flight RPCs before cancelling them.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Seconds between reporting NOT_SERVING and closing the listener on SIGTERM, so load
+    # balancers and kubelet probes stop sending traffic first (the chart sets a few seconds).
+    drain_delay_seconds: float = Field(default=0.0, ge=0, le=120)
+    # Largest gRPC message accepted, in MiB.
+    max_message_mb: int = Field(default=64, ge=1, le=1024)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _require_auth_off_loopback(self) -> Settings:
+        if not is_loopback(self.host) and not self.tokens:
+            raise ValueError(
+                f"CAIRN_HOST={self.host} is not a loopback address: set CAIRN_AUTH_TOKENS "
+                "(comma-separated bearer tokens) so the servers are not open to the network"
+            )
+        return self
+
+    @cached_property
+    def tokens(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.auth_tokens.split(",") if t.strip())
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def database_url_for(self, service: ServiceName) -> str:
+        override = getattr(self, f"{service}_database_url", None)
+        if override:
+            return str(override)
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir() / 'cairn.db'}"
+
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or str(self.resolved_data_dir() / "artifacts")
+
+    def grpc_port(self, service: ServiceName) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def metrics_port(self, service: ServiceName) -> int:
+        return int(getattr(self, f"{service}_metrics_port"))
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        except OSError:
+            return False
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the environment; ConfigurationError names every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = "_".join(str(part) for part in error["loc"]).upper()
+            name = f"CAIRN_{location}" if location else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,650 @@
+"""The tracker's domain rules: validation, lifecycles, immutability, idempotency, paging.
+
+No grpc and no SQL here: the servicer translates RPCs into these calls, the store persists.
+Every method is synchronous; the servicer runs them on the server's worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cairn.common.v1 import environment_pb2
+from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
+from services.common.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from services.common.filtering import parse_filter, parse_order_by
+from services.common.paging import PageTokenCodec, coerce_page_size
+from services.common.timeutil import now_ms
+from services.tracker.artifact_store import ArtifactStore, run_prefix, validate_artifact_path
+from services.tracker.names import (
+    parse_experiment_name,
+    parse_experiment_parent,
+    parse_run_name,
+    run_resource,
+)
+from services.tracker.store import convert
+from services.tracker.store.store import (
+    ExperimentQuery,
+    Lifecycle,
+    MetricPointTuple,
+    RunChanges,
+    RunQuery,
+    RunState,
+    TrackerStore,
+)
+
+# Documented limits (README "Limits"); beyond them requests are INVALID_ARGUMENT.
+MAX_NAME_LENGTH = 256
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 32_768
+MAX_TAG_VALUE_LENGTH = 8_000
+MAX_TEXT_LENGTH = 65_536
+MAX_ID_LENGTH = 128
+MAX_ENTRIES_PER_CALL = 1_000
+MAX_POINTS_PER_BATCH = 100_000
+DEFAULT_HISTORY_PAGE = 10_000
+MAX_HISTORY_PAGE = 100_000
+
+TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
+ALLOWED_TRANSITIONS = {
+    "QUEUED": frozenset({"RUNNING", "FAILED", "KILLED"}),
+    "RUNNING": frozenset(TERMINAL_STATUSES),
+}
+RUN_UPDATE_FIELDS = ("run_name", "status", "note", "start_time", "end_time")
+EXPERIMENT_UPDATE_FIELDS = ("display_name", "description", "tags")
+
+_LIFECYCLES: dict[int, Lifecycle] = {
+    lifecycle_pb2.LIFECYCLE_FILTER_UNSPECIFIED: "ACTIVE",
+    lifecycle_pb2.LIFECYCLE_FILTER_ACTIVE_ONLY: "ACTIVE",
+    lifecycle_pb2.LIFECYCLE_FILTER_DELETED_ONLY: "DELETED",
+    lifecycle_pb2.LIFECYCLE_FILTER_ALL: "ALL",
+}
+
+
+def _check_text(value: str, field: str, limit: int, *, required: bool = False) -> None:
+    if required and not value.strip():
+        raise InvalidArgument(f"{field} is required", field=field)
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{field} is {len(value)} characters long; the limit is {limit}",
+            field=field,
+            reason="TOO_LONG",
+            metadata={"limit": limit, "length": len(value)},
+        )
+
+
+def _check_key(key: str, field: str) -> None:
+    if not key:
+        raise InvalidArgument(f"{field} keys must not be empty", field=field)
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument(
+            f"{field} key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}",
+            field=field,
+            reason="TOO_LONG",
+        )
+    if not key.isprintable() or key != key.strip():
+        raise InvalidArgument(
+            f"{field} key {key!r} has control characters or surrounding whitespace", field=field
+        )
+
+
+def _check_entries(entries: Mapping[str, str], field: str, value_limit: int) -> None:
+    if len(entries) > MAX_ENTRIES_PER_CALL:
+        raise InvalidArgument(
+            f"at most {MAX_ENTRIES_PER_CALL} {field} per call, got {len(entries)}", field=field
+        )
+    for key, value in entries.items():
+        _check_key(key, field)
+        if len(value) > value_limit:
+            raise InvalidArgument(
+                f"{field} {key!r} has a value of {len(value)} characters; "
+                f"the limit is {value_limit}",
+                field=field,
+                reason="VALUE_TOO_LONG",
+                metadata={"key": key, "limit": value_limit, "length": len(value)},
+            )
+
+
+def _lifecycle(value: int) -> Lifecycle:
+    try:
+        return _LIFECYCLES[value]
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown lifecycle_filter {value}", field="lifecycle_filter"
+        ) from None
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    run: RunState
+    path: str
+    artifact_type: str
+    overwrite: bool
+    expected_sha256: str
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    experiment_count: int
+    run_ids: list[str]
+    freed_bytes: int
+
+
+class TrackerService:
+    def __init__(
+        self, store: TrackerStore, artifacts: ArtifactStore, page_tokens: PageTokenCodec
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.page_tokens = page_tokens
+
+    # ------------------------------------------------------------------ experiments
+
+    def create_experiment(
+        self, experiment: experiment_pb2.Experiment, request_id: str
+    ) -> experiment_pb2.Experiment:
+        _check_text(
+            experiment.display_name, "experiment.display_name", MAX_NAME_LENGTH, required=True
+        )
+        _check_text(experiment.description, "experiment.description", MAX_TEXT_LENGTH)
+        _check_entries(experiment.tags, "tags", MAX_TAG_VALUE_LENGTH)
+        _check_text(request_id, "request_id", MAX_ID_LENGTH)
+        return self.store.create_experiment(
+            experiment.display_name.strip(),
+            experiment.description,
+            dict(experiment.tags),
+            request_id,
+        )
+
+    def get_experiment(self, name: str) -> experiment_pb2.Experiment:
+        return self.store.get_experiment(parse_experiment_name(name))
+
+    def get_experiment_by_name(self, display_name: str) -> experiment_pb2.Experiment:
+        _check_text(display_name, "display_name", MAX_NAME_LENGTH, required=True)
+        return self.store.get_experiment_by_name(display_name.strip())
+
+    def list_experiments(
+        self,
+        page_size: int,
+        page_token: str,
+        filter_text: str,
+        order_by: str,
+        lifecycle_filter: int,
+    ) -> tuple[list[experiment_pb2.Experiment], str]:
+        lifecycle = _lifecycle(lifecycle_filter)
+        order = parse_order_by(order_by or "create_time DESC")
+        query_id = self.page_tokens.fingerprint("experiments", filter_text, order_by, lifecycle)
+        page = self.store.list_experiments(
+            ExperimentQuery(
+                filter=parse_filter(filter_text),
+                order=order,
+                lifecycle=lifecycle,
+                page_size=coerce_page_size(page_size),
+                after=self.page_tokens.decode(page_token, query_id) if page_token else None,
+            )
+        )
+        return page.items, self._token(page.next_position, query_id)
+
+    def update_experiment(
+        self, experiment: experiment_pb2.Experiment, mask: Sequence[str]
+    ) -> experiment_pb2.Experiment:
+        experiment_id = parse_experiment_name(experiment.name, "experiment.name")
+        fields = _mask_fields(mask, EXPERIMENT_UPDATE_FIELDS, "update_mask")
+        if not mask:
+            fields = {f for f in ("display_name", "description") if getattr(experiment, f)}
+            if experiment.tags:
+                fields.add("tags")
+        if "display_name" in fields:
+            _check_text(
+                experiment.display_name, "experiment.display_name", MAX_NAME_LENGTH, required=True
+            )
+        if "description" in fields:
+            _check_text(experiment.description, "experiment.description", MAX_TEXT_LENGTH)
+        if "tags" in fields:
+            _check_entries(experiment.tags, "tags", MAX_TAG_VALUE_LENGTH)
+        return self.store.update_experiment(
+            experiment_id,
+            display_name=experiment.display_name.strip() if "display_name" in fields else None,
+            description=experiment.description if "description" in fields else None,
+            tags=dict(experiment.tags) if "tags" in fields else None,
+        )
+
+    def delete_experiment(self, name: str) -> None:
+        self.store.set_experiment_deleted(parse_experiment_name(name), True)
+
+    def restore_experiment(self, name: str) -> experiment_pb2.Experiment:
+        experiment_id = parse_experiment_name(name)
+        self.store.set_experiment_deleted(experiment_id, False)
+        return self.store.get_experiment(experiment_id)
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, parent: str, run: run_pb2.Run, request_id: str) -> run_pb2.Run:
+        experiment_id = parse_experiment_name(parent, "parent")
+        status = convert.STATUS_FROM_PROTO.get(run.status, "RUNNING")
+        if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
+            status = "RUNNING"
+        if status not in ("RUNNING", "QUEUED"):
+            raise InvalidArgument(
+                f"a run starts RUNNING or QUEUED, not {status}", field="run.status"
+            )
+        _check_text(run.run_name, "run.run_name", MAX_NAME_LENGTH)
+        _check_text(run.note, "run.note", MAX_TEXT_LENGTH)
+        _check_text(run.user, "run.user", MAX_NAME_LENGTH)
+        _check_text(request_id, "request_id", MAX_ID_LENGTH)
+        _check_entries(run.tags, "tags", MAX_TAG_VALUE_LENGTH)
+        lineage = {
+            field: getattr(run.lineage, field)
+            for field in (
+                "dataset_id",
+                "dataset_name",
+                "pipeline_id",
+                "node_id",
+                "job_id",
+                "model_type",
+            )
+        }
+        for field, value in lineage.items():
+            _check_text(value, f"run.lineage.{field}", MAX_NAME_LENGTH)
+        environment = run.environment if run.HasField("environment") else None
+        if environment is not None:
+            _check_environment(environment)
+        start = None
+        if run.HasField("start_time"):
+            start = run.start_time.seconds * 1000 + run.start_time.nanos // 1_000_000
+        return self.store.create_run(
+            experiment_id,
+            run_name=run.run_name.strip(),
+            status=status,
+            start_time=start,
+            note=run.note,
+            user=run.user or (environment.user if environment is not None else ""),
+            tags=dict(run.tags),
+            lineage=lineage,
+            environment=environment,
+            request_id=request_id,
+        )
+
+    def _run_id(self, name: str, field: str = "name") -> str:
+        """The run id of a run resource name, checking the experiment when it is given."""
+        parsed = parse_run_name(name, field)
+        if parsed.experiment_id is not None:
+            state = self.store.run_state(parsed.run_id)
+            if state.experiment_id != parsed.experiment_id:
+                raise NotFound(
+                    f"run {parsed.run_id!r} is not in experiment {parsed.experiment_id!r}",
+                    reason="RUN_NOT_FOUND",
+                )
+        return parsed.run_id
+
+    def _run_state(self, name: str, field: str = "run") -> RunState:
+        parsed = parse_run_name(name, field)
+        state = self.store.run_state(parsed.run_id)
+        if parsed.experiment_id is not None and state.experiment_id != parsed.experiment_id:
+            raise NotFound(
+                f"run {parsed.run_id!r} is not in experiment {parsed.experiment_id!r}",
+                reason="RUN_NOT_FOUND",
+            )
+        return state
+
+    def get_run(self, name: str, view: int) -> run_pb2.Run:
+        parsed = parse_run_name(name)
+        run = self.store.get_run(parsed.run_id, view or run_pb2.RUN_VIEW_FULL)
+        if parsed.experiment_id is not None and run.experiment_id != parsed.experiment_id:
+            raise NotFound(
+                f"run {parsed.run_id!r} is not in experiment {parsed.experiment_id!r}",
+                reason="RUN_NOT_FOUND",
+            )
+        return run
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_text: str,
+        order_by: str,
+        page_size: int,
+        page_token: str,
+        lifecycle_filter: int,
+        view: int,
+    ) -> tuple[list[run_pb2.Run], str]:
+        if len(experiment_ids) > MAX_ENTRIES_PER_CALL:
+            raise InvalidArgument("at most 1000 experiment_ids", field="experiment_ids")
+        lifecycle = _lifecycle(lifecycle_filter)
+        ids = sorted(set(experiment_ids))
+        query_id = self.page_tokens.fingerprint("runs", ids, filter_text, order_by, lifecycle)
+        page = self.store.search_runs(
+            RunQuery(
+                experiment_ids=ids,
+                filter=parse_filter(filter_text),
+                order=parse_order_by(order_by or "start_time DESC"),
+                lifecycle=lifecycle,
+                page_size=coerce_page_size(page_size),
+                after=self.page_tokens.decode(page_token, query_id) if page_token else None,
+                view=view or run_pb2.RUN_VIEW_STANDARD,
+            )
+        )
+        return page.items, self._token(page.next_position, query_id)
+
+    def list_runs(
+        self,
+        parent: str,
+        filter_text: str,
+        order_by: str,
+        page_size: int,
+        page_token: str,
+        lifecycle_filter: int,
+        view: int,
+    ) -> tuple[list[run_pb2.Run], str]:
+        experiment_id = parse_experiment_parent(parent)
+        if experiment_id is not None:
+            self.store.get_experiment(experiment_id)  # NOT_FOUND for an unknown experiment
+        return self.search_runs(
+            [experiment_id] if experiment_id else [],
+            filter_text,
+            order_by,
+            page_size,
+            page_token,
+            lifecycle_filter,
+            view,
+        )
+
+    def update_run(self, run: run_pb2.Run, mask: Sequence[str]) -> run_pb2.Run:
+        run_id = self._run_id(run.name, "run.name")
+        fields = _mask_fields(mask, RUN_UPDATE_FIELDS, "update_mask")
+        if not mask:
+            fields = {f for f in ("run_name", "note") if getattr(run, f)}
+            if run.status:
+                fields.add("status")
+            fields |= {f for f in ("start_time", "end_time") if run.HasField(f)}
+        if not fields:
+            raise InvalidArgument(
+                "nothing to update: set update_mask or one of " + ", ".join(RUN_UPDATE_FIELDS),
+                field="update_mask",
+            )
+        if "run_name" in fields:
+            _check_text(run.run_name, "run.run_name", MAX_NAME_LENGTH, required=True)
+        if "note" in fields:
+            _check_text(run.note, "run.note", MAX_TEXT_LENGTH)
+        new_status = None
+        if "status" in fields:
+            new_status = convert.STATUS_FROM_PROTO.get(run.status)
+            if new_status is None:
+                raise InvalidArgument("run.status must be set to a status", field="run.status")
+        start = _ms(run, "start_time") if "start_time" in fields else None
+        end = _ms(run, "end_time") if "end_time" in fields else None
+
+        def decide(state: RunState) -> RunChanges:
+            if state.lifecycle_state != "ACTIVE":
+                raise FailedPrecondition(
+                    f"run {state.run_id!r} is deleted; restore it before changing it",
+                    reason="RUN_DELETED",
+                )
+            end_time = end
+            if new_status is not None and new_status != state.status:
+                allowed = ALLOWED_TRANSITIONS.get(state.status, frozenset())
+                if new_status not in allowed:
+                    raise FailedPrecondition(
+                        f"run {state.run_id!r} is {state.status} and cannot become {new_status}"
+                        + (
+                            " (a terminal status is final)"
+                            if state.status in TERMINAL_STATUSES
+                            else ""
+                        ),
+                        reason="INVALID_STATUS_TRANSITION",
+                        metadata={"from": state.status, "to": new_status},
+                    )
+                if new_status in TERMINAL_STATUSES and end_time is None and state.end_time is None:
+                    end_time = now_ms()
+            effective_start = start if start is not None else state.start_time
+            effective_end = end_time if end_time is not None else state.end_time
+            if effective_end is not None and effective_end < effective_start:
+                raise InvalidArgument(
+                    "end_time must not be before start_time", field="run.end_time"
+                )
+            return RunChanges(
+                run_name=run.run_name.strip() if "run_name" in fields else None,
+                status=new_status,
+                note=run.note if "note" in fields else None,
+                start_time=start,
+                end_time=end_time,
+            )
+
+        return self.store.update_run(run_id, decide)
+
+    def delete_run(self, name: str) -> None:
+        self.store.set_run_deleted(self._run_id(name), True)
+
+    def restore_run(self, name: str) -> run_pb2.Run:
+        run_id = self._run_id(name)
+        self.store.set_run_deleted(run_id, False)
+        return self.store.get_run(run_id, run_pb2.RUN_VIEW_FULL)
+
+    # ------------------------------------------------------------------ params, tags, metrics
+
+    def log_params(self, run: str, params: Mapping[str, str]) -> int:
+        _check_entries(params, "params", MAX_PARAM_VALUE_LENGTH)
+        return self.store.log_params(self._run_id(run, "run"), params)
+
+    def set_run_tags(self, run: str, tags: Mapping[str, str]) -> None:
+        _check_entries(tags, "tags", MAX_TAG_VALUE_LENGTH)
+        self.store.set_run_tags(self._run_id(run, "run"), tags)
+
+    def delete_run_tag(self, run: str, key: str) -> None:
+        _check_key(key, "key")
+        self.store.delete_run_tag(self._run_id(run, "run"), key)
+
+    def log_metrics(
+        self, run: str, batch_id: str, metrics: Sequence[metric_pb2.Metric]
+    ) -> tuple[int, bool]:
+        _check_text(batch_id, "batch_id", MAX_ID_LENGTH)
+        if len(metrics) > MAX_POINTS_PER_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_POINTS_PER_BATCH} points per batch, got {len(metrics)}",
+                field="metrics",
+            )
+        points = metric_tuples(metrics)
+        return self.store.log_metrics(self._run_id(run, "run"), batch_id, points)
+
+    def metric_history(
+        self,
+        run: str,
+        key: str,
+        page_size: int,
+        page_token: str,
+        max_points: int,
+        start_step: int,
+        end_step: int,
+    ) -> tuple[list[metric_pb2.MetricPoint], str, bool, int]:
+        """(points, next_page_token, downsampled, total points in range)."""
+        _check_key(key, "metric_key")
+        if max_points < 0:
+            raise InvalidArgument("max_points must not be negative", field="max_points")
+        run_id = self._run_id(run, "run")
+        start, end = (
+            (None, None) if (start_step == 0 and end_step == 0) else (start_step, end_step or None)
+        )
+        if start is not None and end is not None and end < start:
+            raise InvalidArgument("end_step must not be below start_step", field="end_step")
+        if max_points:
+            max_points = max(max_points, 4)
+            total = self.store.count_metric_points(run_id, key, start, end)
+            if total <= max_points:
+                points, _ = self.store.metric_history_page(
+                    run_id, key, start_step=start, end_step=end, page_size=max_points, after=None
+                )
+                return points, "", False, total
+            points = self.store.downsampled_history(
+                run_id, key, start_step=start, end_step=end, buckets=max_points // 4, total=total
+            )
+            return points, "", True, total
+        query_id = self.page_tokens.fingerprint("history", run_id, key, start, end)
+        size = coerce_page_size(page_size, default=DEFAULT_HISTORY_PAGE, maximum=MAX_HISTORY_PAGE)
+        after = self.page_tokens.decode(page_token, query_id) if page_token else None
+        points, position = self.store.metric_history_page(
+            run_id, key, start_step=start, end_step=end, page_size=size, after=after
+        )
+        total = -1 if page_token else self.store.count_metric_points(run_id, key, start, end)
+        return points, self._token(position, query_id), False, max(total, 0)
+
+    # ------------------------------------------------------------------ artifacts
+
+    def begin_upload(
+        self, run: str, path: str, artifact_type: int, overwrite: bool, expected_sha256: str
+    ) -> UploadTarget:
+        """Checks an upload before any content is read, so bad requests fail fast."""
+        state = self._run_state(run, "metadata.run")
+        if state.lifecycle_state != "ACTIVE":
+            raise FailedPrecondition(f"run {state.run_id!r} is deleted", reason="RUN_DELETED")
+        validated = validate_artifact_path(path)
+        type_name = convert.ARTIFACT_TYPE_FROM_PROTO.get(
+            artifact_type or artifact_pb2.ARTIFACT_TYPE_OTHER
+        )
+        if type_name is None:
+            raise InvalidArgument(
+                f"unknown artifact_type {artifact_type}", field="metadata.artifact_type"
+            )
+        expected = expected_sha256.lower()
+        if expected and (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected)):
+            raise InvalidArgument(
+                "expected_sha256 must be 64 hex digits", field="metadata.expected_sha256"
+            )
+        return UploadTarget(state, validated, type_name, overwrite, expected)
+
+    def finish_upload(
+        self, target: UploadTarget, content: BinaryIO, size: int, sha256: str
+    ) -> artifact_pb2.Artifact:
+        """Stores spooled content under its digest (content-addressed within the run) and
+        records path -> digest. Re-uploading identical content is a no-op."""
+        if target.expected_sha256 and target.expected_sha256 != sha256:
+            raise DataLoss(
+                f"content digest {sha256} does not match expected_sha256 {target.expected_sha256}",
+                reason="DIGEST_MISMATCH",
+            )
+        run = target.run
+        resource = run_resource(run.experiment_id, run.run_id)
+        existing = self.store.get_artifact(run.run_id, target.path)
+        if existing is not None and existing.sha256 == sha256:
+            return convert.artifact_to_proto(existing, resource)
+        if existing is not None and not target.overwrite:
+            raise AlreadyExists(
+                f"artifact {target.path!r} already exists with other content "
+                f"(sha256 {existing.sha256}); set overwrite to replace it",
+                reason="ARTIFACT_EXISTS",
+                metadata={"path": target.path, "sha256": existing.sha256, "new_sha256": sha256},
+            )
+        key = blob_key(run.experiment_id, run.run_id, sha256)
+        if not self.artifacts.exists(key):
+            content.seek(0)
+            self.artifacts.put(key, content, size)
+        row = self.store.save_artifact(run.run_id, target.path, target.artifact_type, size, sha256)
+        return convert.artifact_to_proto(row, resource)
+
+    def open_download(self, run: str, path: str) -> tuple[artifact_pb2.Artifact, Iterator[bytes]]:
+        state = self._run_state(run, "run")
+        validated = validate_artifact_path(path)
+        row = self.store.get_artifact(state.run_id, validated)
+        if row is None:
+            raise NotFound(
+                f"run {state.run_id!r} has no artifact {validated!r}",
+                reason="ARTIFACT_NOT_FOUND",
+                metadata={"path": validated},
+            )
+        chunks = self.artifacts.open_chunks(blob_key(state.experiment_id, state.run_id, row.sha256))
+        return convert.artifact_to_proto(
+            row, run_resource(state.experiment_id, state.run_id)
+        ), chunks
+
+    def list_artifacts(
+        self, parent: str, path_prefix: str, page_size: int, page_token: str
+    ) -> tuple[list[artifact_pb2.Artifact], str]:
+        state = self._run_state(parent, "parent")
+        query_id = self.page_tokens.fingerprint("artifacts", state.run_id, path_prefix)
+        after = self.page_tokens.decode(page_token, query_id)[0] if page_token else None
+        rows, last = self.store.list_artifacts(
+            state.run_id, path_prefix, coerce_page_size(page_size), after
+        )
+        resource = run_resource(state.experiment_id, state.run_id)
+        return (
+            [convert.artifact_to_proto(r, resource) for r in rows],
+            self._token([last] if last is not None else None, query_id),
+        )
+
+    # ------------------------------------------------------------------ purge
+
+    def purge_deleted(
+        self, older_than_ms: int, experiment_ids: Sequence[str], dry_run: bool
+    ) -> PurgeResult:
+        if older_than_ms < 0:
+            raise InvalidArgument("older_than must not be negative", field="older_than")
+        plan = self.store.plan_purge(now_ms() - older_than_ms, experiment_ids)
+        freed = 0
+        for experiment_id, run_id in plan.runs:
+            prefix = run_prefix(experiment_id, run_id)
+            # Content first, rows second: an interrupted purge leaves rows that a retry
+            # purges again, never rows-less content that nothing would ever free.
+            freed += (
+                self.artifacts.total_bytes(prefix)
+                if dry_run
+                else self.artifacts.delete_prefix(prefix)
+            )
+        if not dry_run:
+            self.store.purge_run_rows([run_id for _, run_id in plan.runs])
+            self.store.purge_experiment_rows(plan.experiment_ids)
+        return PurgeResult(len(plan.experiment_ids), [r for _, r in plan.runs], freed)
+
+    def _token(self, position: list[object] | None, query_id: str) -> str:
+        return self.page_tokens.encode(position, query_id) if position is not None else ""
+
+
+def blob_key(experiment_id: str, run_id: str, sha256: str) -> str:
+    return f"{run_prefix(experiment_id, run_id)}/sha256/{sha256}"
+
+
+def metric_tuples(metrics: Sequence[metric_pb2.Metric]) -> list[MetricPointTuple]:
+    """Validates points and turns them into (key, value, step, timestamp_ms) tuples."""
+    now = now_ms()
+    points: list[MetricPointTuple] = []
+    checked: set[str] = set()
+    for metric in metrics:
+        key = metric.key
+        if key not in checked:
+            _check_key(key, "metrics")
+            checked.add(key)
+        ts = metric.timestamp
+        timestamp = ts.seconds * 1000 + ts.nanos // 1_000_000 if (ts.seconds or ts.nanos) else now
+        points.append((key, metric.value, metric.step, timestamp))
+    return points
+
+
+def _mask_fields(paths: Sequence[str], allowed: Sequence[str], field: str) -> set[str]:
+    unknown = [p for p in paths if p not in allowed]
+    if unknown:
+        raise InvalidArgument(
+            f"{field} names fields that cannot be updated: {', '.join(unknown)}; "
+            f"updatable: {', '.join(allowed)}",
+            field=field,
+            metadata={"unknown": ",".join(unknown)},
+        )
+    return set(paths)
+
+
+def _ms(run: run_pb2.Run, field: str) -> int | None:
+    if not run.HasField(field):
+        return None
+    ts = getattr(run, field)
+    return int(ts.seconds * 1000 + ts.nanos // 1_000_000)
+
+
+def _check_environment(env: environment_pb2.Environment) -> None:
+    limits = {"git_diff": 1_000_000, "pip_freeze": 1_000_000, "command": MAX_TEXT_LENGTH}
+    for descriptor, value in env.ListFields():
+        if isinstance(value, str):
+            limit = limits.get(descriptor.name, MAX_TEXT_LENGTH)
+            _check_text(value, f"run.environment.{descriptor.name}", limit)

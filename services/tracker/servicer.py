@@ -1,0 +1,320 @@
+"""gRPC handlers of cairn.tracker.v1.TrackerService: unpack, call the domain, pack.
+
+Domain calls are blocking (SQL, object storage) and run on the server's worker threads;
+errors are mapped to statuses by the shared interceptor, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+from google.protobuf import empty_pb2
+
+from cairn.tracker.v1 import (
+    artifact_pb2,
+    experiment_pb2,
+    run_pb2,
+    tracker_service_pb2_grpc,
+)
+from cairn.tracker.v1 import (
+    tracker_service_pb2 as pb,
+)
+from services.common.concurrency import BlockingRunner
+from services.common.errors import InvalidArgument
+from services.tracker.service import TrackerService
+
+# Uploads larger than this spill from memory to a temporary file while they stream in.
+SPOOL_MEMORY_BYTES = 8 << 20
+
+
+class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
+    def __init__(self, service: TrackerService, runner: BlockingRunner) -> None:
+        self.service = service
+        self.run = runner.run
+
+    # ------------------------------------------------------------------ experiments
+
+    async def CreateExperiment(
+        self, request: pb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> experiment_pb2.Experiment:
+        return await self.run(
+            self.service.create_experiment, request.experiment, request.request_id
+        )
+
+    async def GetExperiment(
+        self, request: pb.GetExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> experiment_pb2.Experiment:
+        return await self.run(self.service.get_experiment, request.name)
+
+    async def GetExperimentByName(
+        self, request: pb.GetExperimentByNameRequest, context: grpc.aio.ServicerContext
+    ) -> experiment_pb2.Experiment:
+        return await self.run(self.service.get_experiment_by_name, request.display_name)
+
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
+        experiments, token = await self.run(
+            self.service.list_experiments,
+            request.page_size,
+            request.page_token,
+            request.filter,
+            request.order_by,
+            request.lifecycle_filter,
+        )
+        return pb.ListExperimentsResponse(experiments=experiments, next_page_token=token)
+
+    async def UpdateExperiment(
+        self, request: pb.UpdateExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> experiment_pb2.Experiment:
+        return await self.run(
+            self.service.update_experiment, request.experiment, list(request.update_mask.paths)
+        )
+
+    async def DeleteExperiment(
+        self, request: pb.DeleteExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self.run(self.service.delete_experiment, request.name)
+        return empty_pb2.Empty()
+
+    async def RestoreExperiment(
+        self, request: pb.RestoreExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> experiment_pb2.Experiment:
+        return await self.run(self.service.restore_experiment, request.name)
+
+    async def PurgeDeleted(
+        self, request: pb.PurgeDeletedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeDeletedResponse:
+        older_than_ms = request.older_than.ToMilliseconds()
+        result = await self.run(
+            self.service.purge_deleted,
+            older_than_ms,
+            list(request.experiment_ids),
+            request.dry_run,
+        )
+        return pb.PurgeDeletedResponse(
+            purged_experiment_count=result.experiment_count,
+            purged_run_count=len(result.run_ids),
+            freed_bytes=result.freed_bytes,
+            purged_run_ids=result.run_ids,
+        )
+
+    # ------------------------------------------------------------------ runs
+
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return await self.run(
+            self.service.create_run, request.parent, request.run, request.request_id
+        )
+
+    async def GetRun(
+        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return await self.run(self.service.get_run, request.name, request.view)
+
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunsResponse:
+        runs, token = await self.run(
+            self.service.list_runs,
+            request.parent,
+            request.filter,
+            request.order_by,
+            request.page_size,
+            request.page_token,
+            request.lifecycle_filter,
+            request.view,
+        )
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def SearchRuns(
+        self, request: pb.SearchRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchRunsResponse:
+        runs, token = await self.run(
+            self.service.search_runs,
+            list(request.experiment_ids),
+            request.filter,
+            request.order_by,
+            request.page_size,
+            request.page_token,
+            request.lifecycle_filter,
+            request.view,
+        )
+        return pb.SearchRunsResponse(runs=runs, next_page_token=token)
+
+    async def UpdateRun(
+        self, request: pb.UpdateRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return await self.run(self.service.update_run, request.run, list(request.update_mask.paths))
+
+    async def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self.run(self.service.delete_run, request.name)
+        return empty_pb2.Empty()
+
+    async def RestoreRun(
+        self, request: pb.RestoreRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.Run:
+        return await self.run(self.service.restore_run, request.name)
+
+    # ------------------------------------------------------------------ params, tags, metrics
+
+    async def LogParams(
+        self, request: pb.LogParamsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogParamsResponse:
+        count = await self.run(self.service.log_params, request.run, dict(request.params))
+        return pb.LogParamsResponse(new_param_count=count)
+
+    async def LogMetrics(
+        self, request: pb.LogMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogMetricsResponse:
+        stored, duplicate = await self.run(
+            self.service.log_metrics, request.run, request.batch_id, request.metrics
+        )
+        return pb.LogMetricsResponse(stored_point_count=stored, duplicate=duplicate)
+
+    async def StreamMetrics(
+        self,
+        request_iterator: AsyncIterator[pb.StreamMetricsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.StreamMetricsResponse:
+        response = pb.StreamMetricsResponse()
+        # One batch is written while the next is received: ingest overlaps network and disk.
+        pending: asyncio.Future[tuple[int, bool]] | None = None
+
+        def account(result: tuple[int, bool]) -> None:
+            stored, duplicate = result
+            response.batch_count += 1
+            response.stored_point_count += stored
+            response.duplicate_batch_count += int(duplicate)
+
+        try:
+            async for message in request_iterator:
+                if pending is not None:
+                    account(await pending)
+                pending = asyncio.ensure_future(
+                    self.run(
+                        self.service.log_metrics, message.run, message.batch_id, message.metrics
+                    )
+                )
+            if pending is not None:
+                account(await pending)
+                pending = None
+        finally:
+            if pending is not None and not pending.done():
+                # The client went away mid-stream: let the write finish (it is idempotent
+                # and may already be committed) rather than leave a thread half done.
+                await asyncio.wait([pending])
+        return response
+
+    async def ListMetricHistory(
+        self, request: pb.ListMetricHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMetricHistoryResponse:
+        points, token, downsampled, total = await self.run(
+            self.service.metric_history,
+            request.run,
+            request.metric_key,
+            request.page_size,
+            request.page_token,
+            request.max_points,
+            request.start_step,
+            request.end_step,
+        )
+        return pb.ListMetricHistoryResponse(
+            points=points,
+            next_page_token=token,
+            downsampled=downsampled,
+            total_point_count=total,
+        )
+
+    async def SetRunTags(
+        self, request: pb.SetRunTagsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRunTagsResponse:
+        await self.run(self.service.set_run_tags, request.run, dict(request.tags))
+        return pb.SetRunTagsResponse()
+
+    async def DeleteRunTag(
+        self, request: pb.DeleteRunTagRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self.run(self.service.delete_run_tag, request.run, request.key)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ artifacts
+
+    async def UploadArtifact(
+        self,
+        request_iterator: AsyncIterator[pb.UploadArtifactRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> artifact_pb2.Artifact:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise InvalidArgument(
+                "the first UploadArtifact message must carry metadata", field="metadata"
+            )
+        meta = first.metadata
+        target = await self.run(
+            self.service.begin_upload,
+            meta.run,
+            meta.path,
+            meta.artifact_type,
+            meta.overwrite,
+            meta.expected_sha256,
+        )
+        digest = hashlib.sha256()
+        size = 0
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
+            async for message in messages:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument(
+                        "only the first UploadArtifact message may carry metadata",
+                        field="metadata",
+                    )
+                digest.update(message.chunk)
+                size += len(message.chunk)
+                spool.write(message.chunk)
+            return await self.run(
+                self.service.finish_upload,
+                target,
+                spool,  # type: ignore[arg-type]
+                size,
+                digest.hexdigest(),
+            )
+
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        artifact, chunks = await self.run(self.service.open_download, request.run, request.path)
+        yield pb.DownloadArtifactResponse(artifact=artifact)
+        try:
+            while True:
+                chunk = await self.run(_next_chunk, chunks)
+                if chunk is None:
+                    break
+                yield pb.DownloadArtifactResponse(chunk=chunk)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                await self.run(close)
+
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListArtifactsResponse:
+        artifacts, token = await self.run(
+            self.service.list_artifacts,
+            request.parent,
+            request.path_prefix,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
+
+
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)

@@ -1,0 +1,163 @@
+"""ORM rows <-> tracker protos. The only place that knows both shapes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from cairn.common.v1 import environment_pb2, lineage_pb2
+from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
+from services.common.timeutil import ms_to_timestamp
+from services.tracker.store.models import (
+    ArtifactRow,
+    ExperimentRow,
+    LatestMetricRow,
+    RunEnvironmentRow,
+    RunRow,
+)
+
+LIFECYCLE_TO_PROTO = {
+    "ACTIVE": lifecycle_pb2.LIFECYCLE_STATE_ACTIVE,
+    "DELETED": lifecycle_pb2.LIFECYCLE_STATE_DELETED,
+}
+STATUS_TO_PROTO = {
+    "QUEUED": run_pb2.RUN_STATUS_QUEUED,
+    "RUNNING": run_pb2.RUN_STATUS_RUNNING,
+    "FINISHED": run_pb2.RUN_STATUS_FINISHED,
+    "FAILED": run_pb2.RUN_STATUS_FAILED,
+    "KILLED": run_pb2.RUN_STATUS_KILLED,
+}
+STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+ARTIFACT_TYPE_TO_PROTO = {
+    "MODEL": artifact_pb2.ARTIFACT_TYPE_MODEL,
+    "PLOT": artifact_pb2.ARTIFACT_TYPE_PLOT,
+    "DATA": artifact_pb2.ARTIFACT_TYPE_DATA,
+    "REPORT": artifact_pb2.ARTIFACT_TYPE_REPORT,
+    "CHECKPOINT": artifact_pb2.ARTIFACT_TYPE_CHECKPOINT,
+    "OTHER": artifact_pb2.ARTIFACT_TYPE_OTHER,
+}
+ARTIFACT_TYPE_FROM_PROTO = {v: k for k, v in ARTIFACT_TYPE_TO_PROTO.items()}
+
+ENVIRONMENT_FIELDS = (
+    "git_commit",
+    "git_branch",
+    "git_remote",
+    "git_dirty",
+    "git_diff",
+    "command",
+    "python_version",
+    "pip_freeze",
+    "hostname",
+    "platform",
+    "device_info",
+    "user",
+)
+
+
+def experiment_name(experiment_id: str) -> str:
+    return f"experiments/{experiment_id}"
+
+
+def run_name(experiment_id: str, run_id: str) -> str:
+    return f"experiments/{experiment_id}/runs/{run_id}"
+
+
+def metric_value_from_db(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def metric_value_to_db(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def experiment_to_proto(
+    row: ExperimentRow, tags: Mapping[str, str], run_count: int
+) -> experiment_pb2.Experiment:
+    message = experiment_pb2.Experiment(
+        name=experiment_name(row.experiment_id),
+        experiment_id=row.experiment_id,
+        display_name=row.display_name,
+        description=row.description,
+        tags=dict(tags),
+        lifecycle_state=LIFECYCLE_TO_PROTO[row.lifecycle_state],
+        run_count=run_count,
+    )
+    ms_to_timestamp(row.create_time, message.create_time)
+    ms_to_timestamp(row.update_time, message.update_time)
+    if row.delete_time is not None:
+        ms_to_timestamp(row.delete_time, message.delete_time)
+    return message
+
+
+def run_to_proto(row: RunRow, artifact_uri: str) -> run_pb2.Run:
+    """The BASIC view of a run; callers add params, metrics, tags, artifacts, environment."""
+    message = run_pb2.Run(
+        name=run_name(row.experiment_id, row.run_id),
+        run_id=row.run_id,
+        experiment_id=row.experiment_id,
+        run_name=row.run_name,
+        status=STATUS_TO_PROTO[row.status],
+        lifecycle_state=LIFECYCLE_TO_PROTO[row.lifecycle_state],
+        note=row.note,
+        version=row.version,
+        user=row.user,
+        artifact_uri=artifact_uri,
+        lineage=lineage_pb2.Lineage(
+            dataset_id=row.dataset_id,
+            dataset_name=row.dataset_name,
+            pipeline_id=row.pipeline_id,
+            node_id=row.node_id,
+            job_id=row.job_id,
+            model_type=row.model_type,
+        ),
+    )
+    ms_to_timestamp(row.start_time, message.start_time)
+    ms_to_timestamp(row.create_time, message.create_time)
+    ms_to_timestamp(row.update_time, message.update_time)
+    if row.end_time is not None:
+        ms_to_timestamp(row.end_time, message.end_time)
+    if row.delete_time is not None:
+        ms_to_timestamp(row.delete_time, message.delete_time)
+    return message
+
+
+def latest_metric_to_proto(row: LatestMetricRow) -> metric_pb2.Metric:
+    message = metric_pb2.Metric(key=row.key, value=metric_value_from_db(row.value), step=row.step)
+    ms_to_timestamp(row.timestamp, message.timestamp)
+    return message
+
+
+def environment_to_proto(row: RunEnvironmentRow) -> environment_pb2.Environment:
+    return environment_pb2.Environment(
+        **{field: getattr(row, field) for field in ENVIRONMENT_FIELDS}
+    )
+
+
+def environment_from_proto(run_id: str, env: environment_pb2.Environment) -> RunEnvironmentRow:
+    return RunEnvironmentRow(
+        run_id=run_id, **{field: getattr(env, field) for field in ENVIRONMENT_FIELDS}
+    )
+
+
+def artifact_to_proto(row: ArtifactRow, run_resource: str) -> artifact_pb2.Artifact:
+    message = artifact_pb2.Artifact(
+        run=run_resource,
+        path=row.path,
+        artifact_type=ARTIFACT_TYPE_TO_PROTO.get(
+            row.artifact_type, artifact_pb2.ARTIFACT_TYPE_OTHER
+        ),
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+    )
+    ms_to_timestamp(row.create_time, message.create_time)
+    return message
+
+
+def metric_points(rows: Iterable[tuple[int, int, float | None]]) -> list[metric_pb2.MetricPoint]:
+    """(step, timestamp_ms, value) rows -> MetricPoint messages."""
+    points = []
+    for step, timestamp, value in rows:
+        point = metric_pb2.MetricPoint(step=step, value=metric_value_from_db(value))
+        ms_to_timestamp(timestamp, point.timestamp)
+        points.append(point)
+    return points

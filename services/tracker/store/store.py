@@ -1,0 +1,987 @@
+"""The tracker's persistence: every query and write, in short transactions.
+
+Returns proto messages (built by convert.py) or small records; raises domain errors. Rules
+that need the current state atomically (status transitions, param immutability, version
+numbers, idempotent batches) run inside the write transaction that applies them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cairn.common.v1 import environment_pb2
+from cairn.tracker.v1 import experiment_pb2, metric_pb2, run_pb2
+from services.common.db import Database
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.filtering import Node, OrderKey
+from services.common.timeutil import now_ms
+from services.tracker.store import convert
+from services.tracker.store.models import (
+    ArtifactRow,
+    ExperimentRow,
+    ExperimentTagRow,
+    LatestMetricRow,
+    MetricBatchRow,
+    MetricRow,
+    ModelVersionCounterRow,
+    ParamRow,
+    RunEnvironmentRow,
+    RunRow,
+    RunTagRow,
+)
+from services.tracker.store.search import (
+    apply_experiment_order,
+    apply_run_order,
+    compile_experiment_filter,
+    compile_run_filter,
+    keyset_after,
+    order_clauses,
+    select_sort_values,
+)
+
+Lifecycle = Literal["ACTIVE", "DELETED", "ALL"]
+MetricPointTuple = tuple[str, float, int, int]  # key, value, step, timestamp_ms
+T = TypeVar("T")
+
+_runs = RunRow.__table__
+_experiments = ExperimentRow.__table__
+_metrics = MetricRow.__table__
+_latest = LatestMetricRow.__table__
+_params = ParamRow.__table__
+_run_tags = RunTagRow.__table__
+_artifacts = ArtifactRow.__table__
+_batches = MetricBatchRow.__table__
+
+# Above this many points per batch, PostgreSQL ingest switches from INSERT to COPY.
+COPY_THRESHOLD = 64
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the hot paths and lifecycle rules need to know about a run."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    lifecycle_state: str
+    start_time: int
+    end_time: int | None
+
+
+@dataclass(frozen=True)
+class RunChanges:
+    run_name: str | None = None
+    status: str | None = None
+    note: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    experiment_ids: Sequence[str]
+    filter: Node | None
+    order: Sequence[OrderKey]
+    lifecycle: Lifecycle
+    page_size: int
+    after: Sequence[Any] | None
+    view: int
+
+
+@dataclass(frozen=True)
+class ExperimentQuery:
+    filter: Node | None
+    order: Sequence[OrderKey]
+    lifecycle: Lifecycle
+    page_size: int
+    after: Sequence[Any] | None
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    # Sort-key values of the last item when more items follow, else None.
+    next_position: list[Any] | None
+
+
+@dataclass(frozen=True)
+class ParamConflict:
+    key: str
+    old_value: str
+    new_value: str
+
+
+def _shorten(value: str, limit: int = 200) -> str:
+    return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
+
+
+def param_conflict_error(conflicts: Sequence[ParamConflict]) -> AlreadyExists:
+    first = conflicts[0]
+    described = "; ".join(
+        f"{c.key!r} is {_shorten(c.old_value)!r}, not {_shorten(c.new_value)!r}" for c in conflicts
+    )
+    return AlreadyExists(
+        f"params are immutable once logged: {described}",
+        reason="PARAM_IMMUTABLE",
+        metadata={
+            "key": first.key,
+            "old_value": _shorten(first.old_value, 1000),
+            "new_value": _shorten(first.new_value, 1000),
+            "keys": ",".join(c.key for c in conflicts),
+        },
+    )
+
+
+@dataclass
+class PurgePlan:
+    experiment_ids: list[str] = field(default_factory=list)
+    runs: list[tuple[str, str]] = field(default_factory=list)  # (experiment_id, run_id)
+
+
+def _lifecycle_condition(column: Any, lifecycle: Lifecycle) -> Any:
+    return column == lifecycle if lifecycle != "ALL" else literal_column("1") == 1
+
+
+def _parse_number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+class TrackerStore:
+    def __init__(self, database: Database, artifact_uri_for: Callable[[str, str], str]) -> None:
+        self.db = database
+        self._artifact_uri_for = artifact_uri_for
+
+    # ------------------------------------------------------------------ experiments
+
+    def create_experiment(
+        self, display_name: str, description: str, tags: Mapping[str, str], request_id: str
+    ) -> experiment_pb2.Experiment:
+        if request_id:
+            existing = self._experiment_by_request(request_id)
+            if existing is not None:
+                return existing
+        experiment_id = new_id()
+        now = now_ms()
+        try:
+            with self.db.write() as session:
+                session.add(
+                    ExperimentRow(
+                        experiment_id=experiment_id,
+                        display_name=display_name,
+                        description=description,
+                        lifecycle_state="ACTIVE",
+                        create_time=now,
+                        update_time=now,
+                        request_id=request_id or None,
+                    )
+                )
+                session.flush()
+                session.add_all(
+                    ExperimentTagRow(experiment_id=experiment_id, key=k, value=v)
+                    for k, v in tags.items()
+                )
+        except IntegrityError:
+            if request_id:
+                existing = self._experiment_by_request(request_id)
+                if existing is not None:
+                    return existing
+            raise AlreadyExists(
+                f"an experiment named {display_name!r} already exists",
+                reason="EXPERIMENT_EXISTS",
+                metadata={"display_name": display_name},
+            ) from None
+        return self.get_experiment(experiment_id)
+
+    def _experiment_by_request(self, request_id: str) -> experiment_pb2.Experiment | None:
+        with self.db.read() as session:
+            experiment_id = session.scalar(
+                select(_experiments.c.experiment_id).where(_experiments.c.request_id == request_id)
+            )
+        return self.get_experiment(experiment_id) if experiment_id else None
+
+    def get_experiment(self, experiment_id: str) -> experiment_pb2.Experiment:
+        with self.db.read() as session:
+            row = session.get(ExperimentRow, experiment_id)
+            if row is None:
+                raise NotFound(
+                    f"experiment {experiment_id!r} not found",
+                    reason="EXPERIMENT_NOT_FOUND",
+                    metadata={"experiment_id": experiment_id},
+                )
+            return self._experiments_to_proto(session, [row])[0]
+
+    def get_experiment_by_name(self, display_name: str) -> experiment_pb2.Experiment:
+        with self.db.read() as session:
+            row = session.scalars(
+                select(ExperimentRow).where(ExperimentRow.display_name == display_name)
+            ).first()
+            if row is None:
+                raise NotFound(
+                    f"no experiment named {display_name!r}",
+                    reason="EXPERIMENT_NOT_FOUND",
+                    metadata={"display_name": display_name},
+                )
+            return self._experiments_to_proto(session, [row])[0]
+
+    def _experiments_to_proto(
+        self, session: Session, rows: Sequence[ExperimentRow]
+    ) -> list[experiment_pb2.Experiment]:
+        ids = [r.experiment_id for r in rows]
+        tags: dict[str, dict[str, str]] = defaultdict(dict)
+        counts: dict[str, int] = {}
+        if ids:
+            for experiment_id, key, value in session.execute(
+                select(
+                    ExperimentTagRow.experiment_id, ExperimentTagRow.key, ExperimentTagRow.value
+                ).where(ExperimentTagRow.experiment_id.in_(ids))
+            ):
+                tags[experiment_id][key] = value
+            counts = dict(
+                session.execute(  # type: ignore[arg-type]
+                    select(_runs.c.experiment_id, func.count())
+                    .where(_runs.c.experiment_id.in_(ids), _runs.c.lifecycle_state == "ACTIVE")
+                    .group_by(_runs.c.experiment_id)
+                ).all()
+            )
+        return [
+            convert.experiment_to_proto(r, tags[r.experiment_id], counts.get(r.experiment_id, 0))
+            for r in rows
+        ]
+
+    def list_experiments(self, query: ExperimentQuery) -> Page[experiment_pb2.Experiment]:
+        columns = apply_experiment_order(query.order)
+        statement = (
+            select(ExperimentRow, *select_sort_values(columns))
+            .where(_lifecycle_condition(_experiments.c.lifecycle_state, query.lifecycle))
+            .where(compile_experiment_filter(query.filter))
+            .order_by(*order_clauses(columns))
+            .limit(query.page_size + 1)
+        )
+        if query.after is not None:
+            statement = statement.where(keyset_after(columns, query.after))
+        with self.db.read() as session:
+            result = session.execute(statement).all()
+            page = result[: query.page_size]
+            items = self._experiments_to_proto(session, [r[0] for r in page])
+        return Page(items, _next_position(result, query.page_size, len(columns)))
+
+    def update_experiment(
+        self,
+        experiment_id: str,
+        *,
+        display_name: str | None,
+        description: str | None,
+        tags: Mapping[str, str] | None,
+    ) -> experiment_pb2.Experiment:
+        try:
+            with self.db.write() as session:
+                row = session.get(ExperimentRow, experiment_id)
+                if row is None:
+                    raise NotFound(
+                        f"experiment {experiment_id!r} not found", reason="EXPERIMENT_NOT_FOUND"
+                    )
+                if display_name is not None:
+                    row.display_name = display_name
+                if description is not None:
+                    row.description = description
+                if tags is not None:
+                    session.execute(
+                        delete(ExperimentTagRow).where(
+                            ExperimentTagRow.experiment_id == experiment_id
+                        )
+                    )
+                    session.add_all(
+                        ExperimentTagRow(experiment_id=experiment_id, key=k, value=v)
+                        for k, v in tags.items()
+                    )
+                row.update_time = now_ms()
+        except IntegrityError:
+            raise AlreadyExists(
+                f"an experiment named {display_name!r} already exists",
+                reason="EXPERIMENT_EXISTS",
+                metadata={"display_name": display_name or ""},
+            ) from None
+        return self.get_experiment(experiment_id)
+
+    def set_experiment_deleted(self, experiment_id: str, deleted: bool) -> None:
+        """Soft-delete (or restore) an experiment together with the runs it hides."""
+        now = now_ms()
+        with self.db.write() as session:
+            row = session.get(ExperimentRow, experiment_id, with_for_update=True)
+            if row is None:
+                raise NotFound(
+                    f"experiment {experiment_id!r} not found", reason="EXPERIMENT_NOT_FOUND"
+                )
+            if deleted:
+                if row.lifecycle_state == "DELETED":
+                    raise FailedPrecondition(
+                        f"experiment {experiment_id!r} is already deleted",
+                        reason="EXPERIMENT_DELETED",
+                    )
+                row.lifecycle_state, row.delete_time = "DELETED", now
+                session.execute(
+                    update(RunRow)
+                    .where(
+                        RunRow.experiment_id == experiment_id, RunRow.lifecycle_state == "ACTIVE"
+                    )
+                    .values(
+                        lifecycle_state="DELETED",
+                        delete_time=now,
+                        deleted_with_experiment=True,
+                        update_time=now,
+                    )
+                )
+            else:
+                if row.lifecycle_state == "ACTIVE":
+                    raise FailedPrecondition(
+                        f"experiment {experiment_id!r} is not deleted",
+                        reason="EXPERIMENT_NOT_DELETED",
+                    )
+                row.lifecycle_state, row.delete_time = "ACTIVE", None
+                session.execute(
+                    update(RunRow)
+                    .where(RunRow.experiment_id == experiment_id, RunRow.deleted_with_experiment)
+                    .values(
+                        lifecycle_state="ACTIVE",
+                        delete_time=None,
+                        deleted_with_experiment=False,
+                        update_time=now,
+                    )
+                )
+            row.update_time = now
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        run_name: str,
+        status: str,
+        start_time: int | None,
+        note: str,
+        user: str,
+        tags: Mapping[str, str],
+        lineage: Mapping[str, str],
+        environment: environment_pb2.Environment | None,
+        request_id: str,
+    ) -> run_pb2.Run:
+        if request_id:
+            existing = self._run_by_request(request_id)
+            if existing is not None:
+                return existing
+        run_id = new_id()
+        now = now_ms()
+        try:
+            with self.db.write() as session:
+                experiment = session.get(ExperimentRow, experiment_id)
+                if experiment is None:
+                    raise NotFound(
+                        f"experiment {experiment_id!r} not found",
+                        reason="EXPERIMENT_NOT_FOUND",
+                        metadata={"experiment_id": experiment_id},
+                    )
+                if experiment.lifecycle_state != "ACTIVE":
+                    raise FailedPrecondition(
+                        f"experiment {experiment.display_name!r} is deleted; restore it first",
+                        reason="EXPERIMENT_DELETED",
+                    )
+                version = 0
+                if lineage.get("dataset_id") or lineage.get("model_type"):
+                    version = self._next_version(
+                        session, lineage.get("dataset_id", ""), lineage.get("model_type", "")
+                    )
+                session.add(
+                    RunRow(
+                        run_id=run_id,
+                        experiment_id=experiment_id,
+                        run_name=run_name or f"run-{run_id[:8]}",
+                        status=status,
+                        start_time=start_time if start_time is not None else now,
+                        create_time=now,
+                        update_time=now,
+                        lifecycle_state="ACTIVE",
+                        deleted_with_experiment=False,
+                        note=note,
+                        user=user,
+                        version=version,
+                        request_id=request_id or None,
+                        **{k: lineage.get(k, "") for k in _LINEAGE_FIELDS},
+                    )
+                )
+                session.flush()
+                if environment is not None:
+                    session.add(convert.environment_from_proto(run_id, environment))
+                if tags:
+                    session.execute(
+                        insert(_run_tags),
+                        [{"run_id": run_id, "key": k, "value": v} for k, v in tags.items()],
+                    )
+        except IntegrityError:
+            if request_id:
+                existing = self._run_by_request(request_id)
+                if existing is not None:
+                    return existing
+            raise
+        return self.get_run(run_id, run_pb2.RUN_VIEW_FULL)
+
+    def _next_version(self, session: Session, dataset_id: str, model_type: str) -> int:
+        """Upsert-and-increment: the counter row's lock serializes concurrent creators, and
+        the increment rolls back with a failed creation, so numbers stay gap-free."""
+        table = ModelVersionCounterRow.__table__
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        statement = (
+            dialect_insert(table)
+            .values(dataset_id=dataset_id, model_type=model_type, last_version=1)
+            .on_conflict_do_update(
+                index_elements=[table.c.dataset_id, table.c.model_type],
+                set_={"last_version": table.c.last_version + 1},
+            )
+            .returning(table.c.last_version)
+        )
+        return int(session.execute(statement).scalar_one())
+
+    def _run_by_request(self, request_id: str) -> run_pb2.Run | None:
+        with self.db.read() as session:
+            run_id = session.scalar(select(_runs.c.run_id).where(_runs.c.request_id == request_id))
+        return self.get_run(run_id, run_pb2.RUN_VIEW_FULL) if run_id else None
+
+    def run_state(self, run_id: str, session: Session | None = None) -> RunState:
+        statement = select(
+            _runs.c.run_id,
+            _runs.c.experiment_id,
+            _runs.c.status,
+            _runs.c.lifecycle_state,
+            _runs.c.start_time,
+            _runs.c.end_time,
+        ).where(_runs.c.run_id == run_id)
+        if session is None:
+            with self.db.read() as own:
+                row = own.execute(statement).first()
+        else:
+            row = session.execute(statement).first()
+        if row is None:
+            raise NotFound(
+                f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+        return RunState(*row)
+
+    def get_run(self, run_id: str, view: int) -> run_pb2.Run:
+        with self.db.read() as session:
+            row = session.get(RunRow, run_id)
+            if row is None:
+                raise NotFound(
+                    f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+                )
+            return self._runs_to_proto(session, [row], view)[0]
+
+    def _runs_to_proto(
+        self, session: Session, rows: Sequence[RunRow], view: int
+    ) -> list[run_pb2.Run]:
+        runs = [
+            convert.run_to_proto(r, self._artifact_uri_for(r.experiment_id, r.run_id)) for r in rows
+        ]
+        if view == run_pb2.RUN_VIEW_BASIC or not runs:
+            return runs
+        by_id = {run.run_id: run for run in runs}
+        ids = list(by_id)
+        for run_id, key, value in session.execute(
+            select(_params.c.run_id, _params.c.key, _params.c.value).where(
+                _params.c.run_id.in_(ids)
+            )
+        ):
+            by_id[run_id].params[key] = value
+        for run_id, key, value in session.execute(
+            select(_run_tags.c.run_id, _run_tags.c.key, _run_tags.c.value).where(
+                _run_tags.c.run_id.in_(ids)
+            )
+        ):
+            by_id[run_id].tags[key] = value
+        for metric in session.scalars(
+            select(LatestMetricRow)
+            .where(LatestMetricRow.run_id.in_(ids))
+            .order_by(LatestMetricRow.run_id, LatestMetricRow.key)
+        ):
+            by_id[metric.run_id].metrics.append(convert.latest_metric_to_proto(metric))
+        if view == run_pb2.RUN_VIEW_FULL:
+            for artifact in session.scalars(
+                select(ArtifactRow).where(ArtifactRow.run_id.in_(ids)).order_by(ArtifactRow.path)
+            ):
+                run = by_id[artifact.run_id]
+                run.artifacts.append(convert.artifact_to_proto(artifact, run.name))
+            for env in session.scalars(
+                select(RunEnvironmentRow).where(RunEnvironmentRow.run_id.in_(ids))
+            ):
+                by_id[env.run_id].environment.CopyFrom(convert.environment_to_proto(env))
+        return runs
+
+    def search_runs(self, query: RunQuery) -> Page[run_pb2.Run]:
+        statement = select(RunRow)
+        statement, columns = apply_run_order(statement, query.order)
+        statement = (
+            statement.add_columns(*select_sort_values(columns))
+            .where(_lifecycle_condition(_runs.c.lifecycle_state, query.lifecycle))
+            .where(compile_run_filter(query.filter))
+            .order_by(*order_clauses(columns))
+            .limit(query.page_size + 1)
+        )
+        if query.experiment_ids:
+            statement = statement.where(_runs.c.experiment_id.in_(list(query.experiment_ids)))
+        if query.after is not None:
+            statement = statement.where(keyset_after(columns, query.after))
+        with self.db.read() as session:
+            result = session.execute(statement).all()
+            page = result[: query.page_size]
+            items = self._runs_to_proto(session, [r[0] for r in page], query.view)
+        return Page(items, _next_position(result, query.page_size, len(columns)))
+
+    def update_run(self, run_id: str, decide: Callable[[RunState], RunChanges]) -> run_pb2.Run:
+        """Apply the changes `decide` computes from the run's current state, atomically."""
+        with self.db.write() as session:
+            row = session.get(RunRow, run_id, with_for_update=True)
+            if row is None:
+                raise NotFound(
+                    f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+                )
+            changes = decide(
+                RunState(
+                    row.run_id,
+                    row.experiment_id,
+                    row.status,
+                    row.lifecycle_state,
+                    row.start_time,
+                    row.end_time,
+                )
+            )
+            for name in ("run_name", "status", "note", "start_time", "end_time"):
+                value = getattr(changes, name)
+                if value is not None:
+                    setattr(row, name, value)
+            row.update_time = now_ms()
+        return self.get_run(run_id, run_pb2.RUN_VIEW_FULL)
+
+    def set_run_deleted(self, run_id: str, deleted: bool) -> None:
+        now = now_ms()
+        with self.db.write() as session:
+            row = session.get(RunRow, run_id, with_for_update=True)
+            if row is None:
+                raise NotFound(
+                    f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+                )
+            target = "DELETED" if deleted else "ACTIVE"
+            if row.lifecycle_state == target:
+                raise FailedPrecondition(
+                    f"run {run_id!r} is already {'deleted' if deleted else 'active'}",
+                    reason="RUN_DELETED" if deleted else "RUN_NOT_DELETED",
+                )
+            if not deleted:
+                experiment = session.get(ExperimentRow, row.experiment_id)
+                if experiment is not None and experiment.lifecycle_state != "ACTIVE":
+                    raise FailedPrecondition(
+                        f"the run's experiment {experiment.display_name!r} is deleted; "
+                        "restore it first",
+                        reason="EXPERIMENT_DELETED",
+                    )
+            row.lifecycle_state = target
+            row.delete_time = now if deleted else None
+            row.deleted_with_experiment = False
+            row.update_time = now
+
+    # ------------------------------------------------------------------ params, tags
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> int:
+        """Insert new params and return how many were new. A key logged before with another
+        value is ALREADY_EXISTS, and then nothing of the call is written."""
+        if not params:
+            self.run_state(run_id)
+            return 0
+        rows = [
+            {"run_id": run_id, "key": k, "value": v, "value_num": _parse_number(v)}
+            for k, v in params.items()
+        ]
+        with self.db.write() as session:
+            self._require_active(session, run_id)
+            dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+            inserted = set(
+                session.scalars(
+                    dialect_insert(_params)
+                    .on_conflict_do_nothing(index_elements=[_params.c.run_id, _params.c.key])
+                    .returning(_params.c.key),
+                    rows,
+                )
+            )
+            remaining = [k for k in params if k not in inserted]
+            if remaining:
+                conflicts = [
+                    ParamConflict(key, value, params[key])
+                    for key, value in session.execute(
+                        select(_params.c.key, _params.c.value).where(
+                            _params.c.run_id == run_id, _params.c.key.in_(remaining)
+                        )
+                    )
+                    if value != params[key]
+                ]
+                if conflicts:
+                    # Raising rolls the whole call back: a rejected call writes nothing.
+                    raise param_conflict_error(sorted(conflicts, key=lambda c: c.key))
+            return len(inserted)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        with self.db.write() as session:
+            self._require_active(session, run_id)
+            if not tags:
+                return
+            dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+            statement = dialect_insert(_run_tags)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[_run_tags.c.run_id, _run_tags.c.key],
+                    set_={"value": statement.excluded.value},
+                ),
+                [{"run_id": run_id, "key": k, "value": v} for k, v in tags.items()],
+            )
+
+    def delete_run_tag(self, run_id: str, key: str) -> None:
+        with self.db.write() as session:
+            self._require_active(session, run_id)
+            deleted = session.execute(
+                delete(RunTagRow).where(RunTagRow.run_id == run_id, RunTagRow.key == key)
+            ).rowcount  # type: ignore[attr-defined]
+            if not deleted:
+                raise NotFound(
+                    f"run {run_id!r} has no tag {key!r}",
+                    reason="TAG_NOT_FOUND",
+                    metadata={"key": key},
+                )
+
+    def _require_active(self, session: Session, run_id: str) -> RunState:
+        state = self.run_state(run_id, session)
+        if state.lifecycle_state != "ACTIVE":
+            raise FailedPrecondition(
+                f"run {run_id!r} is deleted; restore it before changing it",
+                reason="RUN_DELETED",
+                metadata={"run_id": run_id},
+            )
+        return state
+
+    # ------------------------------------------------------------------ metrics
+
+    def log_metrics(
+        self, run_id: str, batch_id: str, points: Sequence[MetricPointTuple]
+    ) -> tuple[int, bool]:
+        """Store a batch once: returns (points stored, whether the batch was a duplicate)."""
+        with self.db.write() as session:
+            self._require_active(session, run_id)
+            if batch_id:
+                dialect_insert = (
+                    postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+                )
+                claimed = session.execute(
+                    dialect_insert(_batches)
+                    .values(
+                        run_id=run_id,
+                        batch_id=batch_id,
+                        point_count=len(points),
+                        create_time=now_ms(),
+                    )
+                    .on_conflict_do_nothing(index_elements=[_batches.c.run_id, _batches.c.batch_id])
+                    .returning(_batches.c.batch_id)
+                ).first()
+                if claimed is None:
+                    return 0, True
+            if not points:
+                return 0, False
+            self._insert_points(session, run_id, points)
+            self._update_latest(session, run_id, points)
+        return len(points), False
+
+    def _insert_points(
+        self, session: Session, run_id: str, points: Sequence[MetricPointTuple]
+    ) -> None:
+        to_db = convert.metric_value_to_db
+        if self.db.dialect == "postgresql" and len(points) >= COPY_THRESHOLD:
+            raw = session.connection().connection.driver_connection
+            with (
+                raw.cursor() as cursor,
+                cursor.copy(  # type: ignore[union-attr]
+                    "COPY metrics (run_id, key, step, timestamp, value) FROM STDIN"
+                ) as copy,
+            ):
+                for key, value, step, timestamp in points:
+                    copy.write_row((run_id, key, step, timestamp, to_db(value)))
+            return
+        session.execute(
+            insert(_metrics),
+            [
+                {"run_id": run_id, "key": k, "step": s, "timestamp": t, "value": to_db(v)}
+                for k, v, s, t in points
+            ],
+        )
+
+    def _update_latest(
+        self, session: Session, run_id: str, points: Sequence[MetricPointTuple]
+    ) -> None:
+        newest: dict[str, MetricPointTuple] = {}
+        for point in points:
+            key, _value, step, timestamp = point
+            best = newest.get(key)
+            if best is None or (step, timestamp) >= (best[2], best[3]):
+                newest[key] = point
+        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(_latest)
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=[_latest.c.run_id, _latest.c.key],
+            set_={"value": excluded.value, "step": excluded.step, "timestamp": excluded.timestamp},
+            where=or_(
+                excluded.step > _latest.c.step,
+                and_(excluded.step == _latest.c.step, excluded.timestamp >= _latest.c.timestamp),
+            ),
+        )
+        session.execute(
+            statement,
+            [
+                {
+                    "run_id": run_id,
+                    "key": k,
+                    "value": convert.metric_value_to_db(v),
+                    "step": s,
+                    "timestamp": t,
+                }
+                for k, v, s, t in newest.values()
+            ],
+        )
+
+    def metric_history_page(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        start_step: int | None,
+        end_step: int | None,
+        page_size: int,
+        after: Sequence[Any] | None,
+    ) -> tuple[list[metric_pb2.MetricPoint], list[Any] | None]:
+        c = _metrics.c
+        statement = (
+            select(c.step, c.timestamp, c.value, c.id)
+            .where(c.run_id == run_id, c.key == key, *_step_range(c.step, start_step, end_step))
+            .order_by(c.step, c.id)
+            .limit(page_size + 1)
+        )
+        if after is not None:
+            last_step, last_id = after
+            statement = statement.where(
+                or_(c.step > last_step, and_(c.step == last_step, c.id > last_id))
+            )
+        with self.db.read() as session:
+            self.run_state(run_id, session)
+            rows = session.execute(statement).all()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        position = [rows[-1].step, rows[-1].id] if more and rows else None
+        return convert.metric_points((r.step, r.timestamp, r.value) for r in rows), position
+
+    def count_metric_points(
+        self, run_id: str, key: str, start_step: int | None, end_step: int | None
+    ) -> int:
+        c = _metrics.c
+        with self.db.read() as session:
+            self.run_state(run_id, session)
+            return int(
+                session.scalar(
+                    select(func.count()).where(
+                        c.run_id == run_id, c.key == key, *_step_range(c.step, start_step, end_step)
+                    )
+                )
+                or 0
+            )
+
+    def downsampled_history(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        start_step: int | None,
+        end_step: int | None,
+        buckets: int,
+        total: int,
+    ) -> list[metric_pb2.MetricPoint]:
+        """Cut the series into `buckets` runs of consecutive points and keep each run's first,
+        last, minimum and maximum point — computed in SQL with window functions."""
+        c = _metrics.c
+        ordered = (
+            select(
+                c.step,
+                c.timestamp,
+                c.value,
+                (func.row_number().over(order_by=(c.step, c.id)) - 1).label("position"),
+            )
+            .where(c.run_id == run_id, c.key == key, *_step_range(c.step, start_step, end_step))
+            .subquery("ordered")
+        )
+        # Floor division of integers: SQLAlchemy's `/` is true division (numeric on PostgreSQL).
+        bucket = (ordered.c.position * bindparam("buckets", buckets)) // bindparam("total", total)
+        value = ordered.c.value
+        # NaN (NULL) never wins min or max unless a bucket holds nothing else.
+        missing = value.is_(None)
+        ranked = select(
+            ordered.c.step,
+            ordered.c.timestamp,
+            value,
+            ordered.c.position,
+            func.row_number()
+            .over(partition_by=bucket, order_by=ordered.c.position)
+            .label("first_rank"),
+            func.row_number()
+            .over(partition_by=bucket, order_by=ordered.c.position.desc())
+            .label("last_rank"),
+            func.row_number()
+            .over(partition_by=bucket, order_by=(missing, value, ordered.c.position))
+            .label("min_rank"),
+            func.row_number()
+            .over(partition_by=bucket, order_by=(missing, value.desc(), ordered.c.position))
+            .label("max_rank"),
+        ).subquery("ranked")
+        r = ranked.c
+        statement = (
+            select(r.step, r.timestamp, r.value)
+            .where(or_(r.first_rank == 1, r.last_rank == 1, r.min_rank == 1, r.max_rank == 1))
+            .order_by(r.position)
+        )
+        with self.db.read() as session:
+            rows = session.execute(statement).all()
+        return convert.metric_points((row.step, row.timestamp, row.value) for row in rows)
+
+    # ------------------------------------------------------------------ artifacts
+
+    def get_artifact(self, run_id: str, path: str) -> ArtifactRow | None:
+        with self.db.read() as session:
+            return session.get(ArtifactRow, (run_id, path))
+
+    def save_artifact(
+        self, run_id: str, path: str, artifact_type: str, size: int, sha256: str
+    ) -> ArtifactRow:
+        with self.db.write() as session:
+            self._require_active(session, run_id)
+            row = session.get(ArtifactRow, (run_id, path), with_for_update=True)
+            if row is None:
+                row = ArtifactRow(run_id=run_id, path=path)
+                session.add(row)
+            row.artifact_type = artifact_type
+            row.size_bytes = size
+            row.sha256 = sha256
+            row.create_time = now_ms()
+            return row
+
+    def list_artifacts(
+        self, run_id: str, prefix: str, page_size: int, after: str | None
+    ) -> tuple[list[ArtifactRow], str | None]:
+        statement = (
+            select(ArtifactRow).where(ArtifactRow.run_id == run_id).order_by(ArtifactRow.path)
+        )
+        if prefix:
+            statement = statement.where(func.substr(ArtifactRow.path, 1, len(prefix)) == prefix)
+        if after is not None:
+            statement = statement.where(ArtifactRow.path > after)
+        with self.db.read() as session:
+            self.run_state(run_id, session)
+            rows = list(session.scalars(statement.limit(page_size + 1)))
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return rows, (rows[-1].path if more and rows else None)
+
+    # ------------------------------------------------------------------ purge
+
+    def plan_purge(self, deleted_before: int, experiment_ids: Sequence[str]) -> PurgePlan:
+        plan = PurgePlan()
+        with self.db.read() as session:
+            experiments = select(_experiments.c.experiment_id).where(
+                _experiments.c.lifecycle_state == "DELETED",
+                _experiments.c.delete_time <= deleted_before,
+            )
+            runs = select(_runs.c.experiment_id, _runs.c.run_id).where(
+                or_(
+                    and_(
+                        _runs.c.lifecycle_state == "DELETED", _runs.c.delete_time <= deleted_before
+                    ),
+                    _runs.c.experiment_id.in_(experiments.scalar_subquery()),
+                )
+            )
+            if experiment_ids:
+                experiments = experiments.where(
+                    _experiments.c.experiment_id.in_(list(experiment_ids))
+                )
+                runs = runs.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+            plan.experiment_ids = list(session.scalars(experiments))
+            plan.runs = [(e, r) for e, r in session.execute(runs.order_by(_runs.c.run_id))]
+        return plan
+
+    def purge_run_rows(self, run_ids: Sequence[str]) -> None:
+        """Delete runs and everything hanging off them (metric points have no FK)."""
+        with self.db.write() as session:
+            for chunk in _chunks(list(run_ids), 500):
+                session.execute(delete(MetricRow).where(MetricRow.run_id.in_(chunk)))
+                session.execute(delete(RunRow).where(RunRow.run_id.in_(chunk)))
+
+    def purge_experiment_rows(self, experiment_ids: Sequence[str]) -> None:
+        with self.db.write() as session:
+            for chunk in _chunks(list(experiment_ids), 500):
+                remaining = session.scalar(
+                    select(func.count()).select_from(_runs).where(_runs.c.experiment_id.in_(chunk))
+                )
+                if remaining:
+                    raise FailedPrecondition("experiments still own runs; purge the runs first")
+                session.execute(delete(ExperimentRow).where(ExperimentRow.experiment_id.in_(chunk)))
+
+
+_LINEAGE_FIELDS = ("dataset_id", "dataset_name", "pipeline_id", "node_id", "job_id", "model_type")
+
+
+def _step_range(column: Any, start: int | None, end: int | None) -> list[Any]:
+    conditions = []
+    if start is not None:
+        conditions.append(column >= start)
+    if end is not None:
+        conditions.append(column <= end)
+    return conditions
+
+
+def _next_position(result: Sequence[Any], page_size: int, sort_count: int) -> list[Any] | None:
+    if len(result) <= page_size:
+        return None
+    last = result[page_size - 1]
+    return list(last[1 : 1 + sort_count])
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
