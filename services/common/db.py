@@ -74,6 +74,9 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # LIKE is case-sensitive, as on PostgreSQL (ILIKE is the case-insensitive one);
+        # SQLite's default folds ASCII case, which made one filter mean two things.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

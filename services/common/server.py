@@ -51,20 +51,25 @@ class GrpcService:
         self.host = host
         self.requested_port = port
         self.port = 0
-        max_bytes = settings.max_message_mb * 1024 * 1024
-        self.server = grpc.aio.server(
-            interceptors=default_interceptors(settings.tokens),
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+
+    def _create_server(self) -> grpc.aio.Server:
+        # grpc.aio binds a server to the running event loop, so it is made in start().
+        max_bytes = self.settings.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=default_interceptors(self.settings.tokens),
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+            [*self.spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
+        return server
 
     @property
     def address(self) -> str:
@@ -74,11 +79,12 @@ class GrpcService:
         # Hooks first (they open databases, run migrations), then the handlers they enable.
         for hook in self.spec.on_start:
             await hook()
-        self.spec.register(self.server)
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        server = self.server = self._create_server()
+        self.spec.register(server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if self.port == 0:
             raise OSError(f"{self.spec.name}: cannot bind {self.host}:{self.requested_port}")
-        await self.server.start()
+        await server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s serving on %s", self.spec.name, self.address)
 
@@ -87,7 +93,8 @@ class GrpcService:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.mark_not_serving()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         for hook in reversed(self.spec.on_stop):
             await hook()
         log.info("%s stopped", self.spec.name)

@@ -1,0 +1,301 @@
+"""Running Cairn: `up` (the embedded stack), `down`, `serve` (one service), `db upgrade`,
+and `example` (the main job until the scheduler exists)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cairn.cli.output import console, emit, errors, json_option, print_table
+
+PID_FILE = "cairn.pid"
+LOG_FILE = "cairn.log"
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the embedded stack keeps its SQLite database and artifacts "
+    "(default ./.cairn, or CAIRN_DATA_DIR).",
+)
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> Any:
+    from services.common.errors import ConfigurationError
+    from services.common.settings import load_settings
+
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        return load_settings(**overrides)
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_pid(data_dir: Path) -> int | None:
+    pid_file = data_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def tracker_healthy(address: str, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_healthy(address: str, process: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tracker_healthy(address):
+            return True
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def _loopback_address(settings: Any) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"{host}:{settings.tracker_port}"
+
+
+def start_detached(settings: Any, timeout: float = 120.0) -> int:
+    """Start `cairn up` in the background for settings.data_dir; return its pid."""
+    data_dir = settings.resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / LOG_FILE
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cairn.cli", "up", "--data-dir", str(data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "CAIRN_DATA_DIR": str(data_dir)},
+        )
+    if not wait_healthy(_loopback_address(settings), process, timeout):
+        process.terminate()
+        tail = log_path.read_text(errors="replace").splitlines()[-20:]
+        raise click.ClickException(
+            "the stack did not become healthy; last log lines:\n  " + "\n  ".join(tail)
+        )
+    return process.pid
+
+
+def stop_stack(data_dir: Path, timeout: float = 30.0) -> bool:
+    pid = _running_pid(data_dir)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    (data_dir / PID_FILE).unlink(missing_ok=True)
+    return True
+
+
+@click.command()
+@data_dir_option
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1, CAIRN_HOST).")
+@click.option("--detach", is_flag=True, help="Run in the background; stop with `cairn down`.")
+def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
+    """Run the embedded stack: every Cairn service, on SQLite and a local artifact folder
+    (or CAIRN_DATABASE_URL / CAIRN_ARTIFACT_ROOT)."""
+    overrides = {"host": host} if host else {}
+    settings = _settings(data_dir, **overrides)
+    directory = settings.resolved_data_dir()
+    running = _running_pid(directory)
+    if running is not None:
+        console.print(f"Cairn is already running for {directory} (pid {running}).")
+        return
+    if detach:
+        pid = start_detached(settings)
+        console.print(
+            f"Cairn is up in the background (pid {pid}): tracker {_loopback_address(settings)}, "
+            f"data {directory}.\nStop it with: cairn down"
+            + (f" --data-dir {data_dir}" if data_dir else "")
+        )
+        return
+    from services.common.logs import configure_logging
+    from services.embedded import SERVICES, serve
+
+    configure_logging(settings.log_level, settings.log_format)
+    directory.mkdir(parents=True, exist_ok=True)
+    pid_file = directory / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+
+    def ready() -> None:
+        metrics = settings.tracker_metrics_port
+        console.print(
+            f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}"
+            + (f", metrics http://{settings.host}:{metrics}/metrics" if metrics else "")
+            + f"\n  data: {directory}  (database {settings.database_url_for('tracker')})"
+            + "\n  Ctrl-C to stop."
+        )
+
+    try:
+        serve(settings, list(SERVICES), ready=ready)  # type: ignore[arg-type]
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
+
+
+@click.command()
+@data_dir_option
+def down(data_dir: Path | None) -> None:
+    """Stop a stack started with `cairn up --detach` (or `cairn example --keep`)."""
+    settings = _settings(data_dir)
+    if stop_stack(settings.resolved_data_dir()):
+        console.print("Cairn stopped.")
+    else:
+        console.print(f"No Cairn stack is running for {settings.resolved_data_dir()}.")
+
+
+@click.command()
+@click.argument("service", type=click.Choice(["tracker"]))
+def serve(service: str) -> None:
+    """Run one service (the container command on Kubernetes). Configured by CAIRN_* vars."""
+    from services.common.logs import configure_logging
+    from services.embedded import serve as serve_services
+
+    settings = _settings(None)
+    configure_logging(settings.log_level, settings.log_format)
+    serve_services(settings, [service])  # type: ignore[list-item]
+
+
+@click.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@data_dir_option
+@click.argument("services", nargs=-1, type=click.Choice(["tracker"]))
+def db_upgrade(data_dir: Path | None, services: tuple[str, ...]) -> None:
+    """Apply migrations (every service's, or the named ones) to CAIRN_DATABASE_URL."""
+    from services.embedded import migrate
+
+    settings = _settings(data_dir)
+    done = migrate(settings, list(services) or None)
+    for name in done:
+        console.print(f"{name}: schema at head ({settings.database_url_for(name)})")  # type: ignore[arg-type]
+
+
+@click.command()
+@data_dir_option
+@click.option("--keep", is_flag=True, help="Leave the stack running afterwards.")
+@click.option("--experiment", default="example-sweep", show_default=True)
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1, 500))
+@json_option
+def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_json: bool) -> None:
+    """The main job: start the stack, track a real scikit-learn sweep, print a leaderboard."""
+    from cairn.client import Tracker
+
+    try:
+        import sklearn  # noqa: F401
+
+        from cairn.examples.sklearn_sweep import run_sweep
+    except ImportError:
+        raise click.ClickException(
+            "the example needs scikit-learn: pip install 'cairn[examples]'"
+        ) from None
+    settings = _settings(data_dir)
+    address = _loopback_address(settings)
+    started = False
+    if not tracker_healthy(address):
+        if not as_json:
+            console.print(
+                f"Starting the embedded stack (data in {settings.resolved_data_dir()})..."
+            )
+        start_detached(settings)
+        started = True
+    began = time.monotonic()
+    try:
+        with Tracker(address) as tracker:
+            result = run_sweep(tracker, experiment, epochs)
+            board = tracker.search_runs(
+                experiment,
+                filter_string=f"tags.sweep = '{result.sweep_id}'",
+                order_by=["metrics.accuracy DESC", "metrics.val_loss ASC"],
+                max_results=10,
+            )
+            best = board[0]
+            tracker.set_note("BEST: top accuracy of its sweep", run_id=best.run_id)
+        elapsed = time.monotonic() - began
+        rows = [
+            [
+                i + 1,
+                r.run_name,
+                r.params.get("learning_rate"),
+                r.metrics.get("accuracy"),
+                r.metrics.get("f1"),
+                r.metrics.get("val_loss"),
+                r.version,
+                r.run_id[:8],
+            ]
+            for i, r in enumerate(board)
+        ]
+
+        def render() -> None:
+            print_table(
+                f"Leaderboard: {experiment}, sweep {result.sweep_id} "
+                f"({len(result.runs)} runs, {epochs} epochs each, {elapsed:.1f}s)",
+                ["#", "run", "learning_rate", "accuracy", "f1", "val_loss", "version", "run id"],
+                rows,
+            )
+            console.print(
+                f"Best: [bold]{best.run_name}[/] (marked BEST). Next:\n"
+                f"  cairn runs list {experiment} --order-by 'metrics.accuracy DESC'\n"
+                f"  cairn runs show {best.run_id[:8]}\n"
+                f"  cairn runs compare {board[0].run_id[:8]} {board[1].run_id[:8]}"
+            )
+
+        emit(
+            as_json,
+            {
+                "experiment": experiment,
+                "sweep_id": result.sweep_id,
+                "seconds": round(elapsed, 2),
+                "leaderboard": [r.to_dict() for r in board],
+            },
+            render,
+        )
+    finally:
+        if started and not keep:
+            stop_stack(settings.resolved_data_dir())
+        elif started and not as_json:
+            hint = f" --data-dir {data_dir}" if data_dir else ""
+            errors.print(f"The stack keeps running ({address}); stop it with: cairn down{hint}")
+
+
+COMMANDS: list[click.Command] = [up, down, serve, db, example]

@@ -1,0 +1,1 @@
+"""Runnable examples of tracking with Cairn (`cairn example` runs sklearn_sweep)."""

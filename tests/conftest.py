@@ -1,0 +1,71 @@
+"""Fixtures shared by every test: databases (SQLite and PostgreSQL) and live servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cairn.tracker.v1 import tracker_service_pb2_grpc
+from cairn_testing import PostgresDatabases, ServerThread, make_settings, sqlite_url
+from services.common.settings import Settings
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    try:
+        databases.create_template()
+    except Exception as error:  # noqa: BLE001 - say what is missing, then fail
+        pytest.fail(
+            f"PostgreSQL is required for the store and service tests ({databases.admin_url}): "
+            f"{error}. Start it (.ci/run does) or set CAIRN_TEST_POSTGRES_URL.",
+            pytrace=False,
+        )
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        from cairn_testing import migrated_database
+
+        url = sqlite_url(tmp_path)
+        with migrated_database(url):
+            pass
+        yield url
+        return
+    postgres: PostgresDatabases = request.getfixturevalue("postgres")
+    url = postgres.fresh()
+    yield url
+    postgres.drop(url)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path / "data")
+
+
+@pytest.fixture
+def tracker_server(settings: Settings) -> Iterator[ServerThread]:
+    server = ServerThread(settings, ("tracker",)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tracker_channel(tracker_server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(tracker_server.address()) as channel:
+        yield channel
+
+
+@pytest.fixture
+def tracker(tracker_channel: grpc.Channel) -> tracker_service_pb2_grpc.TrackerServiceStub:
+    """A real gRPC stub for the tracker on loopback."""
+    return tracker_service_pb2_grpc.TrackerServiceStub(tracker_channel)

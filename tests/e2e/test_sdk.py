@@ -1,0 +1,225 @@
+"""The Python SDK end to end against a real tracker (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import cairn
+from cairn_testing import ServerThread
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def client(tracker_server: ServerThread) -> Iterator[cairn.Tracker]:
+    with cairn.Tracker(tracker_server.address(), flush_interval=0.2) as tracker:
+        yield tracker
+
+
+def test_seed_001_quick_start_round_trip(client: cairn.Tracker, tmp_path: Path) -> None:
+    model = tmp_path / "model.pkl"
+    model.write_bytes(os.urandom(300_000))
+    plot = tmp_path / "roc.png"
+    plot.write_bytes(b"\x89PNG fake")
+    run = client.start_run(
+        experiment_name="mental_health_risk_model",
+        run_name="baseline_v1",
+        tags={"model_type": "random_forest", "dataset": "v1.2"},
+        dataset_id="ds-1",
+        dataset_name="survey v1.2",
+        model_type="random_forest",
+    )
+    assert run.status == "RUNNING"
+    assert run.version == 1
+    client.log_params({"n_estimators": 100, "max_depth": 10, "learning_rate": 0.01})
+    for epoch in range(10):
+        client.log_metrics({"accuracy": 0.5 + epoch / 20, "loss": 1.0 / (epoch + 1)}, step=epoch)
+    client.log_metrics({"final_accuracy": 0.91})
+    client.log_artifact(model, artifact_type="model")
+    client.log_artifact(plot, artifact_type="plot", artifact_path="plots/roc.png")
+    ended = client.end_run(status="FINISHED")
+    assert ended.status == "FINISHED"
+    assert ended.end_time is not None
+
+    fetched = client.get_run(run.run_id)
+    assert fetched.run_name == "baseline_v1"
+    assert fetched.params == {"n_estimators": "100", "max_depth": "10", "learning_rate": "0.01"}
+    assert fetched.metrics["accuracy"] == pytest.approx(0.95)
+    assert fetched.metrics["loss"] == pytest.approx(0.1)
+    assert fetched.metrics["final_accuracy"] == pytest.approx(0.91)
+    assert fetched.tags == {"model_type": "random_forest", "dataset": "v1.2"}
+    assert {(a.path, a.artifact_type, a.size_bytes) for a in fetched.artifacts} == {
+        ("model.pkl", "model", 300_000),
+        ("plots/roc.png", "plot", 9),
+    }
+    assert fetched.dataset_id == "ds-1" and fetched.model_type == "random_forest"
+    assert fetched.environment is not None
+    assert fetched.environment.python_version.count(".") == 2
+    assert "grpcio==" in fetched.environment.pip_freeze
+    assert fetched.environment.command
+    assert len(client.get_metric_history(run.run_id, "accuracy")) == 10
+
+    downloaded = client.download_artifact(run.run_id, "model.pkl", tmp_path / "out")
+    assert downloaded.read_bytes() == model.read_bytes()
+
+
+def test_reads_flush_pending_metrics_first(client: cairn.Tracker) -> None:
+    run = client.start_run("flush")
+    client.log_metric("loss", 0.5, step=1)
+    # No explicit flush: a read in the same process must see the point.
+    assert client.get_run(run.run_id).metrics == {"loss": 0.5}
+    assert [p.value for p in client.get_metric_history(run.run_id, "loss")] == [0.5]
+
+
+def test_context_manager_ends_finished_or_failed(client: cairn.Tracker) -> None:
+    with client.run("ctx", run_name="ok") as good:
+        client.log_metric("m", 1.0)
+    with pytest.raises(RuntimeError), client.run("ctx", run_name="bad") as bad:
+        client.log_metric("m", 2.0)
+        raise RuntimeError("training diverged")
+    assert client.get_run(good.run_id).status == "FINISHED"
+    failed = client.get_run(bad.run_id)
+    assert failed.status == "FAILED"
+    assert failed.metrics == {"m": 2.0}
+
+
+def test_params_are_immutable_through_the_sdk(client: cairn.Tracker) -> None:
+    client.start_run("immutability")
+    client.log_params({"lr": 0.01})
+    client.log_params({"lr": 0.01})  # the same value again is fine
+    with pytest.raises(cairn.AlreadyExistsError) as caught:
+        client.log_params({"lr": 0.02})
+    assert caught.value.reason == "PARAM_IMMUTABLE"
+    assert caught.value.metadata["key"] == "lr"
+    assert caught.value.metadata["old_value"] == "0.01"
+    assert caught.value.metadata["new_value"] == "0.02"
+
+
+def test_search_runs_with_filter_and_order(client: cairn.Tracker) -> None:
+    for name, model, accuracy, f1 in [
+        ("a", "xgboost", 0.80, 0.70),
+        ("b", "xgboost", 0.90, 0.85),
+        ("c", "xgboost", 0.95, 0.80),
+        ("d", "random_forest", 0.99, 0.95),
+    ]:
+        with client.run("risk_prediction", run_name=name):
+            client.log_params({"model_type": model})
+            client.log_metrics({"accuracy": accuracy, "f1_score": f1})
+    found = client.search_runs(
+        experiment_name="risk_prediction",
+        filter_string="params.model_type = 'xgboost' AND metrics.accuracy > 0.85",
+        order_by=["metrics.f1_score DESC", "start_time DESC"],
+    )
+    assert [r.run_name for r in found] == ["b", "c"]
+    everything = client.search_runs("risk_prediction", order_by=["metrics.accuracy DESC"])
+    assert [r.run_name for r in everything] == ["d", "c", "b", "a"]
+    assert client.search_runs("no-such-experiment") == []
+    with pytest.raises(cairn.InvalidArgumentError, match="position"):
+        client.search_runs("risk_prediction", filter_string="metrics.accuracy >")
+
+
+def test_compare_runs_is_a_dataframe(client: cairn.Tracker) -> None:
+    ids = []
+    for depth, accuracy in [(3, 0.8), (6, 0.9)]:
+        with client.run("compare") as run:
+            client.log_params({"max_depth": depth})
+            client.log_metrics({"accuracy": accuracy, "auc": accuracy + 0.05})
+            ids.append(run.run_id)
+    table = client.compare_runs(ids, metric_names=["accuracy", "f1_score"])
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.index) == ids
+    assert list(table["accuracy"]) == [0.8, 0.9]
+    assert table["f1_score"].isna().all()
+    assert list(table["params.max_depth"]) == ["3", "6"]
+
+
+def test_tags_note_and_downsampled_history(client: cairn.Tracker) -> None:
+    run = client.start_run("notes")
+    client.set_tags({"purpose": "tuning"})
+    client.set_note("PUBLISH: best model")
+    for step in range(2_000):
+        client.log_metric("loss", math.sin(step / 50) + (5.0 if step == 777 else 0.0), step=step)
+    client.end_run()
+    fetched = client.get_run(run.run_id)
+    assert fetched.note == "PUBLISH: best model"
+    assert fetched.tags == {"purpose": "tuning"}
+    points = client.get_metric_history(run.run_id, "loss", max_points=100)
+    assert len(points) <= 100
+    assert points[0].step == 0 and points[-1].step == 1_999
+    assert 777 in [p.step for p in points]  # the spike survives downsampling
+
+
+def test_log_run_decorator_captures_everything(
+    tracker_server: ServerThread, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    with cairn.Tracker(tracker_server.address()) as client:
+
+        @cairn.log_run(experiment_name="decorated", tracker=client, dataset_id="iris")
+        def train(model_name: str = "logreg", learning_rate: float = 0.1, n_epochs: int = 3) -> dict:
+            checkpoint.write_bytes(b"weights")
+            return {"accuracy": 0.93, "train_loss": 0.2, "checkpoint": str(checkpoint)}
+
+        result = train("svm", n_epochs=5)
+        assert result["accuracy"] == 0.93
+        (run,) = client.search_runs("decorated")
+        run = client.get_run(run.run_id)
+    assert run.status == "FINISHED"
+    assert run.params == {"model_name": "svm", "learning_rate": "0.1", "n_epochs": "5"}
+    assert run.metrics == {"accuracy": 0.93, "train_loss": 0.2}
+    assert [a.path for a in run.artifacts] == ["model.ckpt"]
+    assert run.dataset_id == "iris"
+    assert run.environment is not None and run.environment.hostname
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import cairn
+
+    tracker = cairn.Tracker(sys.argv[1], flush_interval=30)
+    run = tracker.start_run("exit-test", run_name=sys.argv[2])
+    print(run.run_id, flush=True)
+    for step in range(5000):
+        tracker.log_metric("loss", 1.0 / (step + 1), step=step)
+    if sys.argv[2] == "crash":
+        raise RuntimeError("crash after logging")
+    # no end_run, no flush: process exit must deliver everything
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["clean", "crash"])
+def test_process_exit_without_end_run_keeps_every_point(
+    client: cairn.Tracker, tracker_server: ServerThread, tmp_path: Path, ending: str
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), tracker_server.address(), ending],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode == 0) == (ending == "clean"), result.stderr
+    run_id = result.stdout.split()[0]
+    history = client.get_metric_history(run_id, "loss")
+    assert len(history) == 5000
+    assert [p.step for p in history] == list(range(5000))
+    assert client.get_run(run_id).status == ("FINISHED" if ending == "clean" else "FAILED")
+
+
+def test_unreachable_tracker_is_a_clear_error() -> None:
+    with cairn.Tracker("127.0.0.1:9", timeout=2) as client:
+        with pytest.raises(cairn.UnavailableError, match="cairn up"):
+            client.list_experiments()
