@@ -58,8 +58,9 @@ class ServerThread:
     def start(self) -> ServerThread:
         self.thread.start()
         for name in self.names:
+            port = self.settings.grpc_port(name)  # type: ignore[arg-type]  # tests: 0, ephemeral
             service = GrpcService(
-                SERVICES[name](self.settings), self.settings, host="127.0.0.1", port=0
+                SERVICES[name](self.settings), self.settings, host="127.0.0.1", port=port
             )
             self.call(service.start())
             self.services[name] = service

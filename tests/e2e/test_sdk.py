@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pandas as pd
 import pytest
 
 import cairn
+from cairn._sender import MetricSender, PendingPoint
+from cairn.tracker.v1 import metric_pb2, tracker_service_pb2
+from services.common.settings import Settings
+
 from cairn_testing import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +172,9 @@ def test_log_run_decorator_captures_everything(
     with cairn.Tracker(tracker_server.address()) as client:
 
         @cairn.log_run(experiment_name="decorated", tracker=client, dataset_id="iris")
-        def train(model_name: str = "logreg", learning_rate: float = 0.1, n_epochs: int = 3) -> dict:
+        def train(
+            model_name: str = "logreg", learning_rate: float = 0.1, n_epochs: int = 3
+        ) -> dict:
             checkpoint.write_bytes(b"weights")
             return {"accuracy": 0.93, "train_loss": 0.2, "checkpoint": str(checkpoint)}
 
@@ -220,6 +229,66 @@ def test_process_exit_without_end_run_keeps_every_point(
 
 
 def test_unreachable_tracker_is_a_clear_error() -> None:
-    with cairn.Tracker("127.0.0.1:9", timeout=2) as client:
-        with pytest.raises(cairn.UnavailableError, match="cairn up"):
-            client.list_experiments()
+    with (
+        cairn.Tracker("127.0.0.1:9", timeout=2) as client,
+        pytest.raises(cairn.UnavailableError, match="cairn up"),
+    ):
+        client.list_experiments()
+
+
+class _LostAcknowledgement(grpc.RpcError):
+    """What a client sees when the server stored a batch but the reply never arrived."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset after the request was sent"
+
+
+def test_retried_batch_after_a_lost_acknowledgement_is_stored_once(
+    client: cairn.Tracker,
+) -> None:
+    run = client.start_run("lost-ack")
+    attempts: list[str] = []
+
+    def send_then_lose_the_first_reply(name: str, batch_id: str, metrics: list) -> None:  # type: ignore[type-arg]
+        client.stub.LogMetrics(
+            tracker_service_pb2.LogMetricsRequest(run=name, batch_id=batch_id, metrics=metrics)
+        )
+        attempts.append(batch_id)
+        if len(attempts) == 1:
+            raise _LostAcknowledgement()
+
+    sender = MetricSender(send_then_lose_the_first_reply, max_batch=100, interval=0.05)
+    points = []
+    for step in range(100):
+        metric = metric_pb2.Metric(key="loss", value=float(step), step=step)
+        points.append(PendingPoint(run.name, metric))
+    sender.add(points)
+    sender.flush(timeout=30)
+    assert len(attempts) == 2 and attempts[0] == attempts[1]  # retried with the same id
+    assert len(client.get_metric_history(run.run_id, "loss")) == 100
+
+
+def test_metrics_logged_while_the_tracker_is_down_arrive_when_it_is_up(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tracker_settings = settings.model_copy(update={"tracker_port": port})
+    server = ServerThread(tracker_settings).start()
+    address = f"127.0.0.1:{port}"
+    with cairn.Tracker(address, flush_interval=0.1) as client:
+        run = client.start_run("outage")
+        server.stop()  # the tracker goes away...
+        for step in range(50):
+            client.log_metric("loss", 1.0 / (step + 1), step=step)
+        time.sleep(1.0)  # ...the sender keeps retrying...
+        restarted = ServerThread(tracker_settings).start()  # ...and the same address is back
+        try:
+            client.flush(timeout=60)
+            assert len(client.get_metric_history(run.run_id, "loss")) == 50
+        finally:
+            restarted.stop()
