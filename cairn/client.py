@@ -80,7 +80,7 @@ ARTIFACT_TYPES = {
     for name, value in artifact_pb2.ArtifactType.items()
     if value != artifact_pb2.ARTIFACT_TYPE_UNSPECIFIED
 }
-STATUSES = {
+STATUSES: dict[str, Any] = {
     name.removeprefix("RUN_STATUS_"): value
     for name, value in run_pb2.RunStatus.items()
     if value != run_pb2.RUN_STATUS_UNSPECIFIED
@@ -164,7 +164,7 @@ class Tracker:
                 ("grpc.max_send_message_length", 64 << 20),
             ],
         )
-        self._stub = tracker_service_pb2_grpc.TrackerServiceStub(self._channel)
+        self._stub = tracker_service_pb2_grpc.TrackerServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._sender = MetricSender(self._send_batch, max_batch=batch_size, interval=flush_interval)
         self._active: _ActiveRun | None = None
         self._lock = threading.RLock()
@@ -300,8 +300,9 @@ class Tracker:
                 experiment = self._call(
                     self._stub.GetExperimentByName, pb.GetExperimentByNameRequest(display_name=name)
                 )
-        self._experiments[name] = experiment.experiment_id
-        return experiment.experiment_id
+        experiment_id = str(experiment.experiment_id)
+        self._experiments[name] = experiment_id
+        return experiment_id
 
     # ------------------------------------------------------------------ runs
 
@@ -712,9 +713,10 @@ class Tracker:
     ) -> pb.PurgeDeletedResponse:
         duration = duration_pb2.Duration()
         duration.FromMilliseconds(int(older_than_seconds * 1000))
-        return self._call(
+        response: pb.PurgeDeletedResponse = self._call(
             self._stub.PurgeDeleted, pb.PurgeDeletedRequest(older_than=duration, dry_run=dry_run)
         )
+        return response
 
     @property
     def stub(self) -> tracker_service_pb2_grpc.TrackerServiceStub:

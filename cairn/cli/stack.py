@@ -42,6 +42,13 @@ def _settings(data_dir: Path | None, **overrides: Any) -> Any:
 
 
 def _pid_alive(pid: int) -> bool:
+    # A stack this process started is its child: reap it, or a zombie looks alive forever.
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -249,6 +256,7 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
                 order_by=["metrics.accuracy DESC", "metrics.val_loss ASC"],
                 max_results=10,
             )
+            board = [tracker.get_run(r.run_id) for r in board]  # with artifacts
             best = board[0]
             tracker.set_note("BEST: top accuracy of its sweep", run_id=best.run_id)
         elapsed = time.monotonic() - began

@@ -17,12 +17,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from services.common.errors import ERROR_DOMAIN, CairnError
 from services.common.logs import request_id_var
+from services.common.rpc import Context, Handler, ServerInterceptor
 
 log = logging.getLogger("cairn.rpc")
 
@@ -50,7 +51,7 @@ LATENCY = Histogram(
 )
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: Handler) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -65,19 +66,19 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-Around = Callable[[grpc.aio.ServicerContext, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+Around = Callable[[Context, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler,
-    unary_around: Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    stream_around: Callable[[Behavior, Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-) -> grpc.RpcMethodHandler:
+    handler: Handler,
+    unary_around: Callable[[Behavior, Any, Context], Awaitable[Any]],
+    stream_around: Callable[[Behavior, Any, Context], AsyncIterator[Any]],
+) -> Handler:
     """Rebuild a method handler with its behaviour wrapped, whatever its streaming kind."""
     if handler.unary_unary:
         inner = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_unary(request: Any, context: Context) -> Any:
             return await unary_around(inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -86,7 +87,7 @@ def wrap_handler(
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream_unary(requests: Any, context: Context) -> Any:
             return await unary_around(inner_su, requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -95,7 +96,7 @@ def wrap_handler(
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_stream(request: Any, context: Context) -> Any:
             async for item in stream_around(inner_us, request, context):
                 yield item
 
@@ -103,8 +104,9 @@ def wrap_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
         )
     inner_ss = handler.stream_stream
+    assert inner_ss is not None, "a handler has exactly one behaviour"
 
-    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def stream_stream(requests: Any, context: Context) -> Any:
         async for item in stream_around(inner_ss, requests, context):
             yield item
 
@@ -113,9 +115,7 @@ def wrap_handler(
     )
 
 
-async def _iterate(
-    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
-) -> AsyncIterator[Any]:
+async def _iterate(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
     result = behavior(request, context)
     if hasattr(result, "__aiter__"):
         async for item in result:
@@ -124,22 +124,22 @@ async def _iterate(
         await result
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+class _WrappingInterceptor(ServerInterceptor):
     """Base: subclasses implement `before`/`after` hooks around every call."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         return self.wrap(handler, handler_call_details)
 
     def wrap(
-        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+        self, handler: Handler, details: grpc.HandlerCallDetails
+    ) -> Handler:
         raise NotImplementedError
 
 
@@ -148,22 +148,20 @@ class RequestContextInterceptor(_WrappingInterceptor):
     the trailing metadata and writes one structured access-log line per call."""
 
     def wrap(
-        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+        self, handler: Handler, details: grpc.HandlerCallDetails
+    ) -> Handler:
         method = details.method
         quiet = method.startswith(HEALTH_SERVICE_PREFIX)
         incoming = dict(details.invocation_metadata or ())
 
-        def begin(context: grpc.aio.ServicerContext) -> tuple[contextvars.Token[str], float]:
+        def begin(context: Context) -> tuple[contextvars.Token[str], float]:
             supplied = str(incoming.get(REQUEST_ID_KEY, ""))[:MAX_REQUEST_ID_LENGTH]
             rid = supplied if supplied.isprintable() and supplied else uuid.uuid4().hex
             token = request_id_var.set(rid)
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
             return token, time.perf_counter()
 
-        def end(
-            context: grpc.aio.ServicerContext, token: contextvars.Token[str], started: float
-        ) -> None:
+        def end(context: Context, token: contextvars.Token[str], started: float) -> None:
             elapsed_ms = (time.perf_counter() - started) * 1000
             code = context.code()
             code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
@@ -182,16 +180,14 @@ class RequestContextInterceptor(_WrappingInterceptor):
                 )
             request_id_var.reset(token)
 
-        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
             token, started = begin(context)
             try:
                 return await behavior(request, context)
             finally:
                 end(context, token, started)
 
-        async def stream(
-            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
             token, started = begin(context)
             try:
                 async for item in _iterate(behavior, request, context):
@@ -206,20 +202,20 @@ class MetricsInterceptor(_WrappingInterceptor):
     """Prometheus counters and latency histograms named as in go-grpc-prometheus."""
 
     def wrap(
-        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+        self, handler: Handler, details: grpc.HandlerCallDetails
+    ) -> Handler:
         service, method = _split_method(details.method)
         kind = _rpc_type(handler)
         started = STARTED.labels(service, method, kind)
         latency = LATENCY.labels(service, method, kind)
 
-        def finish(context: grpc.aio.ServicerContext, began: float) -> None:
+        def finish(context: Context, began: float) -> None:
             latency.observe(time.perf_counter() - began)
             code = context.code()
             code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
             HANDLED.labels(service, method, kind, code_name).inc()
 
-        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
             started.inc()
             began = time.perf_counter()
             try:
@@ -227,9 +223,7 @@ class MetricsInterceptor(_WrappingInterceptor):
             finally:
                 finish(context, began)
 
-        async def stream(
-            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
             started.inc()
             began = time.perf_counter()
             try:
@@ -241,7 +235,7 @@ class MetricsInterceptor(_WrappingInterceptor):
         return wrap_handler(handler, unary, stream)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(ServerInterceptor):
     """Bearer tokens from CAIRN_AUTH_TOKENS; health checks stay open for probes."""
 
     def __init__(self, tokens: frozenset[str]) -> None:
@@ -261,9 +255,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if (
             handler is None
@@ -273,26 +267,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         ):
             return handler
 
-        async def deny_unary(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def deny_unary(_request: Any, context: Context) -> Any:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid bearer token: send 'authorization: Bearer <token>'",
             )
 
-        async def deny_stream(
-            _request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def deny_stream(_request: Any, context: Context) -> AsyncIterator[Any]:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid bearer token: send 'authorization: Bearer <token>'",
             )
             yield None  # pragma: no cover - abort raises
 
-        async def deny(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def deny(behavior: Behavior, request: Any, context: Context) -> Any:
             return await deny_unary(request, context)
 
         async def deny_iter(
-            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+            behavior: Behavior, request: Any, context: Context
         ) -> AsyncIterator[Any]:
             async for item in deny_stream(request, context):
                 yield item
@@ -305,19 +297,17 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
     with the request id and no traceback or SQL text for the client."""
 
     def wrap(
-        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+        self, handler: Handler, details: grpc.HandlerCallDetails
+    ) -> Handler:
         method = details.method
 
-        async def unary(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
             try:
                 return await behavior(request, context)
             except Exception as error:
                 await abort_with(context, error, method)
 
-        async def stream(
-            behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 async for item in _iterate(behavior, request, context):
                     yield item
@@ -348,7 +338,7 @@ def status_for(error: Exception) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=[detail])
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+async def abort_with(context: Context, error: Exception, method: str) -> None:
     if isinstance(error, grpc.aio.AbortError):
         raise error
     if not isinstance(error, CairnError):
@@ -358,7 +348,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: Exception, method
     await context.abort(status.code, status.details, trailing)
 
 
-def default_interceptors(tokens: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
+def default_interceptors(tokens: frozenset[str]) -> list[ServerInterceptor]:
     return [
         RequestContextInterceptor(),
         MetricsInterceptor(),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -52,7 +53,7 @@ class GrpcService:
         self.requested_port = port
         self.port = 0
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     def _create_server(self) -> grpc.aio.Server:
         # grpc.aio binds a server to the running event loop, so it is made in start().

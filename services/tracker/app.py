@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Final
 
 import grpc
 
@@ -22,7 +23,7 @@ from services.tracker.store.store import TrackerStore
 
 log = logging.getLogger(__name__)
 
-SERVICE = "tracker"
+SERVICE: Final = "tracker"
 MIGRATIONS = Path(__file__).parent / "store" / "migrations"
 GRPC_SERVICE_NAME = tracker_service_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
@@ -62,7 +63,9 @@ def build_spec(settings: Settings) -> ServiceSpec:
 
     def register(server: grpc.aio.Server) -> None:
         assert servicer is not None, "register runs after the start hook"
-        tracker_service_pb2_grpc.add_TrackerServiceServicer_to_server(servicer, server)
+        tracker_service_pb2_grpc.add_TrackerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server
+        )
 
     async def stop() -> None:
         runner.shutdown()

@@ -11,7 +11,6 @@ import hashlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 from google.protobuf import empty_pb2
 
 from cairn.tracker.v1 import (
@@ -25,6 +24,7 @@ from cairn.tracker.v1 import (
 )
 from services.common.concurrency import BlockingRunner
 from services.common.errors import InvalidArgument
+from services.common.rpc import Context
 from services.tracker.service import TrackerService
 
 # Uploads larger than this spill from memory to a temporary file while they stream in.
@@ -39,24 +39,24 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     # ------------------------------------------------------------------ experiments
 
     async def CreateExperiment(
-        self, request: pb.CreateExperimentRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateExperimentRequest, context: Context
     ) -> experiment_pb2.Experiment:
         return await self.run(
             self.service.create_experiment, request.experiment, request.request_id
         )
 
     async def GetExperiment(
-        self, request: pb.GetExperimentRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetExperimentRequest, context: Context
     ) -> experiment_pb2.Experiment:
         return await self.run(self.service.get_experiment, request.name)
 
     async def GetExperimentByName(
-        self, request: pb.GetExperimentByNameRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetExperimentByNameRequest, context: Context
     ) -> experiment_pb2.Experiment:
         return await self.run(self.service.get_experiment_by_name, request.display_name)
 
     async def ListExperiments(
-        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListExperimentsRequest, context: Context
     ) -> pb.ListExperimentsResponse:
         experiments, token = await self.run(
             self.service.list_experiments,
@@ -69,25 +69,25 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         return pb.ListExperimentsResponse(experiments=experiments, next_page_token=token)
 
     async def UpdateExperiment(
-        self, request: pb.UpdateExperimentRequest, context: grpc.aio.ServicerContext
+        self, request: pb.UpdateExperimentRequest, context: Context
     ) -> experiment_pb2.Experiment:
         return await self.run(
             self.service.update_experiment, request.experiment, list(request.update_mask.paths)
         )
 
     async def DeleteExperiment(
-        self, request: pb.DeleteExperimentRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteExperimentRequest, context: Context
     ) -> empty_pb2.Empty:
         await self.run(self.service.delete_experiment, request.name)
         return empty_pb2.Empty()
 
     async def RestoreExperiment(
-        self, request: pb.RestoreExperimentRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RestoreExperimentRequest, context: Context
     ) -> experiment_pb2.Experiment:
         return await self.run(self.service.restore_experiment, request.name)
 
     async def PurgeDeleted(
-        self, request: pb.PurgeDeletedRequest, context: grpc.aio.ServicerContext
+        self, request: pb.PurgeDeletedRequest, context: Context
     ) -> pb.PurgeDeletedResponse:
         older_than_ms = request.older_than.ToMilliseconds()
         result = await self.run(
@@ -105,21 +105,15 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
 
     # ------------------------------------------------------------------ runs
 
-    async def CreateRun(
-        self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext
-    ) -> run_pb2.Run:
+    async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> run_pb2.Run:
         return await self.run(
             self.service.create_run, request.parent, request.run, request.request_id
         )
 
-    async def GetRun(
-        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext
-    ) -> run_pb2.Run:
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> run_pb2.Run:
         return await self.run(self.service.get_run, request.name, request.view)
 
-    async def ListRuns(
-        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListRunsResponse:
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         runs, token = await self.run(
             self.service.list_runs,
             request.parent,
@@ -133,7 +127,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def SearchRuns(
-        self, request: pb.SearchRunsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SearchRunsRequest, context: Context
     ) -> pb.SearchRunsResponse:
         runs, token = await self.run(
             self.service.search_runs,
@@ -147,32 +141,26 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         )
         return pb.SearchRunsResponse(runs=runs, next_page_token=token)
 
-    async def UpdateRun(
-        self, request: pb.UpdateRunRequest, context: grpc.aio.ServicerContext
-    ) -> run_pb2.Run:
+    async def UpdateRun(self, request: pb.UpdateRunRequest, context: Context) -> run_pb2.Run:
         return await self.run(self.service.update_run, request.run, list(request.update_mask.paths))
 
-    async def DeleteRun(
-        self, request: pb.DeleteRunRequest, context: grpc.aio.ServicerContext
-    ) -> empty_pb2.Empty:
+    async def DeleteRun(self, request: pb.DeleteRunRequest, context: Context) -> empty_pb2.Empty:
         await self.run(self.service.delete_run, request.name)
         return empty_pb2.Empty()
 
-    async def RestoreRun(
-        self, request: pb.RestoreRunRequest, context: grpc.aio.ServicerContext
-    ) -> run_pb2.Run:
+    async def RestoreRun(self, request: pb.RestoreRunRequest, context: Context) -> run_pb2.Run:
         return await self.run(self.service.restore_run, request.name)
 
     # ------------------------------------------------------------------ params, tags, metrics
 
     async def LogParams(
-        self, request: pb.LogParamsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.LogParamsRequest, context: Context
     ) -> pb.LogParamsResponse:
         count = await self.run(self.service.log_params, request.run, dict(request.params))
         return pb.LogParamsResponse(new_param_count=count)
 
     async def LogMetrics(
-        self, request: pb.LogMetricsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.LogMetricsRequest, context: Context
     ) -> pb.LogMetricsResponse:
         stored, duplicate = await self.run(
             self.service.log_metrics, request.run, request.batch_id, request.metrics
@@ -182,7 +170,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     async def StreamMetrics(
         self,
         request_iterator: AsyncIterator[pb.StreamMetricsRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> pb.StreamMetricsResponse:
         response = pb.StreamMetricsResponse()
         # One batch is written while the next is received: ingest overlaps network and disk.
@@ -214,7 +202,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         return response
 
     async def ListMetricHistory(
-        self, request: pb.ListMetricHistoryRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListMetricHistoryRequest, context: Context
     ) -> pb.ListMetricHistoryResponse:
         points, token, downsampled, total = await self.run(
             self.service.metric_history,
@@ -234,13 +222,13 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         )
 
     async def SetRunTags(
-        self, request: pb.SetRunTagsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SetRunTagsRequest, context: Context
     ) -> pb.SetRunTagsResponse:
         await self.run(self.service.set_run_tags, request.run, dict(request.tags))
         return pb.SetRunTagsResponse()
 
     async def DeleteRunTag(
-        self, request: pb.DeleteRunTagRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteRunTagRequest, context: Context
     ) -> empty_pb2.Empty:
         await self.run(self.service.delete_run_tag, request.run, request.key)
         return empty_pb2.Empty()
@@ -250,7 +238,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     async def UploadArtifact(
         self,
         request_iterator: AsyncIterator[pb.UploadArtifactRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> artifact_pb2.Artifact:
         messages = aiter(request_iterator)
         first = await anext(messages, None)
@@ -288,7 +276,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
             )
 
     async def DownloadArtifact(
-        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[pb.DownloadArtifactResponse]:
         artifact, chunks = await self.run(self.service.open_download, request.run, request.path)
         yield pb.DownloadArtifactResponse(artifact=artifact)
@@ -304,7 +292,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
                 await self.run(close)
 
     async def ListArtifacts(
-        self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListArtifactsRequest, context: Context
     ) -> pb.ListArtifactsResponse:
         artifacts, token = await self.run(
             self.service.list_artifacts,

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures. Never run as timed tests; CI runs them in --smoke mode."""

@@ -1,0 +1,3 @@
+from bench.tracker import main
+
+main()
