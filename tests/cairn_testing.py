@@ -218,9 +218,7 @@ def new_run(
     if dataset_id or model_type:
         run.lineage.CopyFrom(lineage_pb2.Lineage(dataset_id=dataset_id, model_type=model_type))
     return tracker.CreateRun(
-        tracker_service_pb2.CreateRunRequest(
-            parent=experiment.name, run=run, request_id=request_id
-        )
+        tracker_service_pb2.CreateRunRequest(parent=experiment.name, run=run, request_id=request_id)
     )
 
 
@@ -229,7 +227,9 @@ def log_params(tracker: TrackerStub, run: run_pb2.Run, **params: str) -> int:
     return int(response.new_param_count)
 
 
-def metric(key: str, value: float, step: int = 0, timestamp_ms: int | None = None) -> Any:
+def metric(
+    key: str, value: float, step: int = 0, timestamp_ms: int | None = None
+) -> metric_pb2.Metric:
     point = metric_pb2.Metric(key=key, value=value, step=step)
     if timestamp_ms is not None:
         point.timestamp.FromMilliseconds(timestamp_ms)
@@ -237,8 +237,8 @@ def metric(key: str, value: float, step: int = 0, timestamp_ms: int | None = Non
 
 
 def log_metrics(
-    tracker: TrackerStub, run: run_pb2.Run, points: Iterable[Any], batch_id: str = ""
-) -> Any:
+    tracker: TrackerStub, run: run_pb2.Run, points: Iterable[metric_pb2.Metric], batch_id: str = ""
+) -> tracker_service_pb2.LogMetricsResponse:
     return tracker.LogMetrics(
         tracker_service_pb2.LogMetricsRequest(run=run.name, batch_id=batch_id, metrics=points)
     )
@@ -253,7 +253,7 @@ def upload_requests(
     overwrite: bool = False,
     expected_sha256: str = "",
     chunk_size: int = MiB,
-) -> Iterator[Any]:
+) -> Iterator[tracker_service_pb2.UploadArtifactRequest]:
     yield tracker_service_pb2.UploadArtifactRequest(
         metadata=tracker_service_pb2.UploadArtifactMetadata(
             run=run_name,
@@ -267,11 +267,15 @@ def upload_requests(
         yield tracker_service_pb2.UploadArtifactRequest(chunk=data[start : start + chunk_size])
 
 
-def upload(tracker: TrackerStub, run_name: str, path: str, data: bytes, **options: Any) -> Any:
+def upload(
+    tracker: TrackerStub, run_name: str, path: str, data: bytes, **options: Any
+) -> artifact_pb2.Artifact:
     return tracker.UploadArtifact(upload_requests(run_name, path, data, **options))
 
 
-def download(tracker: TrackerStub, run_name: str, path: str) -> tuple[Any, bytes]:
+def download(
+    tracker: TrackerStub, run_name: str, path: str
+) -> tuple[artifact_pb2.Artifact, bytes]:
     """(the Artifact of the first message, the concatenated content of the rest)."""
     responses = list(
         tracker.DownloadArtifact(

@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from cairn.tracker.v1 import tracker_service_pb2_grpc
-from cairn_testing import PostgresDatabases, ServerThread, make_settings, sqlite_url
 from services.common.settings import Settings
+
+from cairn_testing import PostgresDatabases, ServerThread, make_settings, sqlite_url
 
 DATABASES = ["sqlite", "postgresql"]
 
@@ -20,7 +21,7 @@ def postgres() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()
     try:
         databases.create_template()
-    except Exception as error:  # noqa: BLE001 - say what is missing, then fail
+    except Exception as error:
         pytest.fail(
             f"PostgreSQL is required for the store and service tests ({databases.admin_url}): "
             f"{error}. Start it (.ci/run does) or set CAIRN_TEST_POSTGRES_URL.",

@@ -79,6 +79,9 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
         cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # lower() folds all of Unicode, as on PostgreSQL, not only ASCII: ILIKE, which is
+        # lower(x) LIKE lower(y) on SQLite, must match "Über" with "über" on both databases.
+        dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
@@ -86,6 +89,10 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Database:

@@ -10,10 +10,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
 from services.common.errors import (
-    AlreadyExists,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -22,7 +23,12 @@ from services.common.errors import (
 from services.common.filtering import parse_filter, parse_order_by
 from services.common.paging import PageTokenCodec, coerce_page_size
 from services.common.timeutil import now_ms
-from services.tracker.artifact_store import ArtifactStore, run_prefix, validate_artifact_path
+from services.tracker.artifact_store import (
+    MAX_PATH_LENGTH,
+    ArtifactStore,
+    run_prefix,
+    validate_artifact_path,
+)
 from services.tracker.names import (
     parse_experiment_name,
     parse_experiment_parent,
@@ -38,6 +44,7 @@ from services.tracker.store.store import (
     RunQuery,
     RunState,
     TrackerStore,
+    artifact_exists_error,
 )
 
 # Documented limits (README "Limits"); beyond them requests are INVALID_ARGUMENT.
@@ -51,6 +58,11 @@ MAX_ENTRIES_PER_CALL = 1_000
 MAX_POINTS_PER_BATCH = 100_000
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+# google.protobuf.Duration's range: +-315,576,000,000 seconds (about 10,000 years).
+MAX_DURATION_MS = 315_576_000_000_000
 
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 ALLOWED_TRANSITIONS = {
@@ -77,6 +89,19 @@ def _check_text(value: str, field: str, limit: int, *, required: bool = False) -
             field=field,
             reason="TOO_LONG",
             metadata={"limit": limit, "length": len(value)},
+        )
+    _check_no_nul(value, field)
+
+
+def _check_no_nul(value: str, field: str, key: str | None = None) -> None:
+    """PostgreSQL text cannot hold NUL: refuse it on every database alike."""
+    if "\x00" in value:
+        what = f"{field} {key!r}" if key is not None else field
+        raise InvalidArgument(
+            f"{what} must not contain NUL characters",
+            field=field,
+            reason="NUL_CHARACTER",
+            metadata={"key": key} if key is not None else None,
         )
 
 
@@ -110,6 +135,22 @@ def _check_entries(entries: Mapping[str, str], field: str, value_limit: int) -> 
                 reason="VALUE_TOO_LONG",
                 metadata={"key": key, "limit": value_limit, "length": len(value)},
             )
+        _check_no_nul(value, field, key)
+
+
+def _check_ids(ids: Sequence[str], field: str) -> None:
+    if len(ids) > MAX_ENTRIES_PER_CALL:
+        raise InvalidArgument(f"at most {MAX_ENTRIES_PER_CALL} {field}", field=field)
+    for value in ids:
+        _check_text(value, field, MAX_ID_LENGTH, required=True)
+
+
+def _view(value: int, default: int) -> int:
+    if value == run_pb2.RUN_VIEW_UNSPECIFIED:
+        return default
+    if value not in run_pb2.RunView.values():
+        raise InvalidArgument(f"unknown view {value}", field="view")
+    return value
 
 
 def _lifecycle(value: int) -> Lifecycle:
@@ -228,12 +269,15 @@ class TrackerService:
 
     def create_run(self, parent: str, run: run_pb2.Run, request_id: str) -> run_pb2.Run:
         experiment_id = parse_experiment_name(parent, "parent")
-        status = convert.STATUS_FROM_PROTO.get(run.status, "RUNNING")
-        if run.status == run_pb2.RUN_STATUS_UNSPECIFIED:
-            status = "RUNNING"
+        status = (
+            "RUNNING"
+            if run.status == run_pb2.RUN_STATUS_UNSPECIFIED
+            else convert.STATUS_FROM_PROTO.get(run.status, "")
+        )
         if status not in ("RUNNING", "QUEUED"):
             raise InvalidArgument(
-                f"a run starts RUNNING or QUEUED, not {status}", field="run.status"
+                f"a run starts RUNNING or QUEUED, not {status or f'unknown status {run.status}'}",
+                field="run.status",
             )
         _check_text(run.run_name, "run.run_name", MAX_NAME_LENGTH)
         _check_text(run.note, "run.note", MAX_TEXT_LENGTH)
@@ -256,9 +300,7 @@ class TrackerService:
         environment = run.environment if run.HasField("environment") else None
         if environment is not None:
             _check_environment(environment)
-        start = None
-        if run.HasField("start_time"):
-            start = run.start_time.seconds * 1000 + run.start_time.nanos // 1_000_000
+        start = _ms(run, "start_time")
         return self.store.create_run(
             experiment_id,
             run_name=run.run_name.strip(),
@@ -296,7 +338,7 @@ class TrackerService:
 
     def get_run(self, name: str, view: int) -> run_pb2.Run:
         parsed = parse_run_name(name)
-        run = self.store.get_run(parsed.run_id, view or run_pb2.RUN_VIEW_FULL)
+        run = self.store.get_run(parsed.run_id, _view(view, run_pb2.RUN_VIEW_FULL))
         if parsed.experiment_id is not None and run.experiment_id != parsed.experiment_id:
             raise NotFound(
                 f"run {parsed.run_id!r} is not in experiment {parsed.experiment_id!r}",
@@ -314,8 +356,7 @@ class TrackerService:
         lifecycle_filter: int,
         view: int,
     ) -> tuple[list[run_pb2.Run], str]:
-        if len(experiment_ids) > MAX_ENTRIES_PER_CALL:
-            raise InvalidArgument("at most 1000 experiment_ids", field="experiment_ids")
+        _check_ids(experiment_ids, "experiment_ids")
         lifecycle = _lifecycle(lifecycle_filter)
         ids = sorted(set(experiment_ids))
         query_id = self.page_tokens.fingerprint("runs", ids, filter_text, order_by, lifecycle)
@@ -327,7 +368,7 @@ class TrackerService:
                 lifecycle=lifecycle,
                 page_size=coerce_page_size(page_size),
                 after=self.page_tokens.decode(page_token, query_id) if page_token else None,
-                view=view or run_pb2.RUN_VIEW_STANDARD,
+                view=_view(view, run_pb2.RUN_VIEW_STANDARD),
             )
         )
         return page.items, self._token(page.next_position, query_id)
@@ -490,8 +531,9 @@ class TrackerService:
         points, position = self.store.metric_history_page(
             run_id, key, start_step=start, end_step=end, page_size=size, after=after
         )
-        total = -1 if page_token else self.store.count_metric_points(run_id, key, start, end)
-        return points, self._token(position, query_id), False, max(total, 0)
+        # Every page reports the size of the whole range, not just the first one.
+        total = self.store.count_metric_points(run_id, key, start, end)
+        return points, self._token(position, query_id), False, total
 
     # ------------------------------------------------------------------ artifacts
 
@@ -533,17 +575,21 @@ class TrackerService:
         if existing is not None and existing.sha256 == sha256:
             return convert.artifact_to_proto(existing, resource)
         if existing is not None and not target.overwrite:
-            raise AlreadyExists(
-                f"artifact {target.path!r} already exists with other content "
-                f"(sha256 {existing.sha256}); set overwrite to replace it",
-                reason="ARTIFACT_EXISTS",
-                metadata={"path": target.path, "sha256": existing.sha256, "new_sha256": sha256},
-            )
+            raise artifact_exists_error(target.path, existing.sha256, sha256)
         key = blob_key(run.experiment_id, run.run_id, sha256)
         if not self.artifacts.exists(key):
             content.seek(0)
             self.artifacts.put(key, content, size)
-        row = self.store.save_artifact(run.run_id, target.path, target.artifact_type, size, sha256)
+        # The check above spares storing content that is bound to be refused; the store
+        # decides again atomically, for uploads racing each other to the same path.
+        row = self.store.save_artifact(
+            run.run_id,
+            target.path,
+            target.artifact_type,
+            size,
+            sha256,
+            overwrite=target.overwrite,
+        )
         return convert.artifact_to_proto(row, resource)
 
     def open_download(self, run: str, path: str) -> tuple[artifact_pb2.Artifact, Iterator[bytes]]:
@@ -564,6 +610,7 @@ class TrackerService:
     def list_artifacts(
         self, parent: str, path_prefix: str, page_size: int, page_token: str
     ) -> tuple[list[artifact_pb2.Artifact], str]:
+        _check_text(path_prefix, "path_prefix", MAX_PATH_LENGTH)
         state = self._run_state(parent, "parent")
         query_id = self.page_tokens.fingerprint("artifacts", state.run_id, path_prefix)
         after = self.page_tokens.decode(page_token, query_id)[0] if page_token else None
@@ -583,6 +630,12 @@ class TrackerService:
     ) -> PurgeResult:
         if older_than_ms < 0:
             raise InvalidArgument("older_than must not be negative", field="older_than")
+        if older_than_ms > MAX_DURATION_MS:
+            raise InvalidArgument(
+                "older_than is beyond what a google.protobuf.Duration may hold (10,000 years)",
+                field="older_than",
+            )
+        _check_ids(experiment_ids, "experiment_ids")
         plan = self.store.plan_purge(now_ms() - older_than_ms, experiment_ids)
         freed = 0
         for experiment_id, run_id in plan.runs:
@@ -618,7 +671,7 @@ def metric_tuples(metrics: Sequence[metric_pb2.Metric]) -> list[MetricPointTuple
             _check_key(key, "metrics")
             checked.add(key)
         ts = metric.timestamp
-        timestamp = ts.seconds * 1000 + ts.nanos // 1_000_000 if (ts.seconds or ts.nanos) else now
+        timestamp = _timestamp_ms(ts, "metrics.timestamp") if (ts.seconds or ts.nanos) else now
         points.append((key, metric.value, metric.step, timestamp))
     return points
 
@@ -638,7 +691,21 @@ def _mask_fields(paths: Sequence[str], allowed: Sequence[str], field: str) -> se
 def _ms(run: run_pb2.Run, field: str) -> int | None:
     if not run.HasField(field):
         return None
-    ts = getattr(run, field)
+    return _timestamp_ms(getattr(run, field), f"run.{field}")
+
+
+def _timestamp_ms(ts: Timestamp, field: str) -> int:
+    """Epoch milliseconds of a Timestamp within the range google.protobuf.Timestamp allows
+    (years 1 to 9999); beyond it the value would not even fit the 64-bit time columns."""
+    if not (
+        MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= ts.nanos < 1_000_000_000
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos}): "
+            "it must lie between the years 1 and 9999",
+            field=field,
+        )
     return int(ts.seconds * 1000 + ts.nanos // 1_000_000)
 
 

@@ -27,7 +27,7 @@ STATUS_TO_PROTO = {
     "FAILED": run_pb2.RUN_STATUS_FAILED,
     "KILLED": run_pb2.RUN_STATUS_KILLED,
 }
-STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+STATUS_FROM_PROTO: dict[int, str] = {v: k for k, v in STATUS_TO_PROTO.items()}
 ARTIFACT_TYPE_TO_PROTO = {
     "MODEL": artifact_pb2.ARTIFACT_TYPE_MODEL,
     "PLOT": artifact_pb2.ARTIFACT_TYPE_PLOT,
@@ -36,7 +36,7 @@ ARTIFACT_TYPE_TO_PROTO = {
     "CHECKPOINT": artifact_pb2.ARTIFACT_TYPE_CHECKPOINT,
     "OTHER": artifact_pb2.ARTIFACT_TYPE_OTHER,
 }
-ARTIFACT_TYPE_FROM_PROTO = {v: k for k, v in ARTIFACT_TYPE_TO_PROTO.items()}
+ARTIFACT_TYPE_FROM_PROTO: dict[int, str] = {v: k for k, v in ARTIFACT_TYPE_TO_PROTO.items()}
 
 ENVIRONMENT_FIELDS = (
     "git_commit",

@@ -60,6 +60,10 @@ from services.tracker.store.models import (
 AttributeType = Literal["text", "int", "time", "status", "lifecycle"]
 
 RUN_STATUSES = ("QUEUED", "RUNNING", "FINISHED", "FAILED", "KILLED")
+# A backslash escapes % and _ (and itself) in LIKE patterns on every database: PostgreSQL's
+# default, spelled out because SQLite has no default escape character.
+LIKE_ESCAPE = "\\"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 LIFECYCLE_STATES = ("ACTIVE", "DELETED")
 
 
@@ -127,13 +131,13 @@ def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
         case ">=":
             return column >= value  # type: ignore[no-any-return]
         case "LIKE":
-            return column.like(value)  # type: ignore[no-any-return]
+            return column.like(value, escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
         case "NOT LIKE":
-            return column.not_like(value)  # type: ignore[no-any-return]
+            return column.not_like(value, escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
         case "ILIKE":
-            return column.ilike(value)  # type: ignore[no-any-return]
+            return column.ilike(value, escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
         case "NOT ILIKE":
-            return column.not_ilike(value)  # type: ignore[no-any-return]
+            return column.not_ilike(value, escape=LIKE_ESCAPE)  # type: ignore[no-any-return]
     raise InvalidArgument(f"unsupported operator {op}", field="filter", reason="INVALID_FILTER")
 
 
@@ -154,6 +158,25 @@ def _text_value(field: FieldRef, value: Value) -> str:
     return str(value)
 
 
+def _check_literals(field: FieldRef, values: Sequence[Value]) -> None:
+    """PostgreSQL text cannot hold NUL: such a key or value is refused on every database
+    (nothing stored can contain one) instead of failing inside the query."""
+    if "\x00" in field.key:
+        raise _bad(field, "has a NUL character in its key")
+    if any(isinstance(v, str) and "\x00" in v for v in values):
+        raise _bad(field, "is compared with a value that contains a NUL character")
+
+
+def _check_like_pattern(field: FieldRef, pattern: str) -> None:
+    trailing = len(pattern) - len(pattern.rstrip(LIKE_ESCAPE))
+    if trailing % 2:
+        raise _bad(
+            field,
+            "has a LIKE pattern that ends with a lone backslash, the escape character; "
+            "a literal backslash is written as two",
+        )
+
+
 class _Compiler:
     """Compiles one filter AST against a resolver for its resource's fields."""
 
@@ -169,10 +192,15 @@ class _Compiler:
             case Not(operand=operand):
                 return not_(self.compile(operand))
             case Comparison(field=field, op=op, value=value):
+                _check_literals(field, [value])
+                if "LIKE" in op:
+                    _check_like_pattern(field, str(value))
                 return self._resolve(field).comparison(op, value)
             case InList(field=field, values=values, negated=negated):
+                _check_literals(field, values)
                 return self._resolve(field).in_list(values, negated)
             case NullCheck(field=field, negated=negated):
+                _check_literals(field, [])
                 return self._resolve(field).null_check(negated)
         raise TypeError(f"unknown filter node {node!r}")
 
@@ -264,10 +292,10 @@ class _AttributeField(_FieldSql):
         if kind == "int":
             if not _is_number(value) or float(value) != int(value):  # type: ignore[arg-type]
                 raise _bad(self.field, "is an integer: compare it with a whole number")
-            return int(value)  # type: ignore[arg-type]
+            return self._int64(value)
         if kind == "time":
             if _is_number(value):
-                return int(value)  # type: ignore[arg-type]
+                return self._int64(value)
             if isinstance(value, str):
                 try:
                     return parse_time_literal(value)
@@ -289,6 +317,14 @@ class _AttributeField(_FieldSql):
             return _text_value(self.field, value)
         return value
 
+    def _int64(self, value: Value) -> int:
+        """The columns are 64-bit: a larger number (1e300 is a valid literal) would fail inside
+        the database instead of being reported here."""
+        number = int(value)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise _bad(self.field, f"is a 64-bit integer: {value!r} is out of its range")
+        return number
+
     def comparison(self, op: str, value: Value) -> ColumnElement[bool]:
         return _compare(self.attribute.column, op, self._coerce(value, op))
 
@@ -306,15 +342,19 @@ class _AttributeField(_FieldSql):
 
 
 def _resolve_attribute(
-    field: FieldRef, attributes: dict[str, Attribute], aliases: dict[str, str], what: str
+    field: FieldRef,
+    attributes: dict[str, Attribute],
+    aliases: dict[str, str],
+    what: str,
+    argument: str = "filter",
 ) -> Attribute:
     name = aliases.get(field.key, field.key)
     attribute = attributes.get(name)
     if attribute is None:
         raise InvalidArgument(
-            f"unknown {what} attribute {field.key!r} at position {field.position}; known: "
-            + ", ".join(sorted(attributes)),
-            field="filter",
+            f"unknown {what} attribute {field.key!r} in {argument} at position "
+            f"{field.position}; known: " + ", ".join(sorted(attributes)),
+            field=argument,
             reason="UNKNOWN_FIELD",
             metadata={"position": field.position, "key": field.key},
         )
@@ -387,8 +427,12 @@ def apply_run_order(
     columns: list[SortColumn] = []
     for index, key in enumerate(keys):
         field = key.field
+        if "\x00" in field.key:
+            raise _order_error(field, "has a NUL character in its key")
         if field.kind == "attributes":
-            attribute = _resolve_attribute(field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run")
+            attribute = _resolve_attribute(
+                field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run", "order_by"
+            )
             if attribute.column is _runs.c.run_id:
                 continue  # always the final tie-breaker below
             columns.append(SortColumn(attribute.column, key.descending))
@@ -416,7 +460,7 @@ def apply_experiment_order(keys: Sequence[OrderKey]) -> list[SortColumn]:
         if key.field.kind != "attributes":
             raise _order_error(key.field, "is not sortable for experiments")
         attribute = _resolve_attribute(
-            key.field, EXPERIMENT_ATTRIBUTES, EXPERIMENT_ATTRIBUTE_ALIASES, "experiment"
+            key.field, EXPERIMENT_ATTRIBUTES, EXPERIMENT_ATTRIBUTE_ALIASES, "experiment", "order_by"
         )
         if attribute.column is _experiments.c.experiment_id:
             continue

@@ -156,6 +156,15 @@ def param_conflict_error(conflicts: Sequence[ParamConflict]) -> AlreadyExists:
     )
 
 
+def artifact_exists_error(path: str, sha256: str, new_sha256: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"artifact {path!r} already exists with other content "
+        f"(sha256 {sha256}); set overwrite to replace it",
+        reason="ARTIFACT_EXISTS",
+        metadata={"path": path, "sha256": sha256, "new_sha256": new_sha256},
+    )
+
+
 @dataclass
 class PurgePlan:
     experiment_ids: list[str] = field(default_factory=list)
@@ -888,19 +897,40 @@ class TrackerStore:
             return session.get(ArtifactRow, (run_id, path))
 
     def save_artifact(
-        self, run_id: str, path: str, artifact_type: str, size: int, sha256: str
+        self,
+        run_id: str,
+        path: str,
+        artifact_type: str,
+        size: int,
+        sha256: str,
+        *,
+        overwrite: bool,
     ) -> ArtifactRow:
-        with self.db.write() as session:
-            self._require_active(session, run_id)
-            row = session.get(ArtifactRow, (run_id, path), with_for_update=True)
-            if row is None:
-                row = ArtifactRow(run_id=run_id, path=path)
-                session.add(row)
-            row.artifact_type = artifact_type
-            row.size_bytes = size
-            row.sha256 = sha256
-            row.create_time = now_ms()
-            return row
+        """Record path -> content, deciding against the row as it is in this transaction, so
+        that racing uploads behave as if they came one after the other: the same content
+        returns the stored artifact, other content is ALREADY_EXISTS unless `overwrite`."""
+        for attempt in (1, 2):
+            try:
+                with self.db.write() as session:
+                    self._require_active(session, run_id)
+                    row = session.get(ArtifactRow, (run_id, path), with_for_update=True)
+                    if row is not None and row.sha256 == sha256:
+                        return row
+                    if row is not None and not overwrite:
+                        raise artifact_exists_error(path, row.sha256, sha256)
+                    if row is None:
+                        row = ArtifactRow(run_id=run_id, path=path)
+                        session.add(row)
+                    row.artifact_type = artifact_type
+                    row.size_bytes = size
+                    row.sha256 = sha256
+                    row.create_time = now_ms()
+                return row
+            except IntegrityError:
+                # A concurrent upload inserted the path first: decide again against its row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def list_artifacts(
         self, run_id: str, prefix: str, page_size: int, after: str | None
