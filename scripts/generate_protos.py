@@ -81,9 +81,8 @@ def generated_files(tree: Path) -> set[Path]:
         if not path.is_file():
             continue
         rel = path.relative_to(tree)
-        if path.name.endswith(GENERATED_SUFFIXES) or path.name == DESCRIPTOR_SET:
-            owned.add(rel)
-        elif path.name == "__init__.py" and path.read_text() == INIT_TEXT:
+        generated = path.name.endswith(GENERATED_SUFFIXES) or path.name == DESCRIPTOR_SET
+        if generated or (path.name == "__init__.py" and path.read_text() == INIT_TEXT):
             owned.add(rel)
     return owned
 

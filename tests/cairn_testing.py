@@ -107,8 +107,12 @@ class PostgresDatabases:
     def _admin(self) -> psycopg.Connection[Any]:
         url = self.admin_url
         return psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
-            password=url.password, autocommit=True,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            dbname=url.database,
+            password=url.password,
+            autocommit=True,
         )
 
     def url_for(self, name: str) -> str:
@@ -273,9 +277,7 @@ def upload(
     return tracker.UploadArtifact(upload_requests(run_name, path, data, **options))
 
 
-def download(
-    tracker: TrackerStub, run_name: str, path: str
-) -> tuple[artifact_pb2.Artifact, bytes]:
+def download(tracker: TrackerStub, run_name: str, path: str) -> tuple[artifact_pb2.Artifact, bytes]:
     """(the Artifact of the first message, the concatenated content of the rest)."""
     responses = list(
         tracker.DownloadArtifact(

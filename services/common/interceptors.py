@@ -137,9 +137,7 @@ class _WrappingInterceptor(ServerInterceptor):
             return handler
         return self.wrap(handler, handler_call_details)
 
-    def wrap(
-        self, handler: Handler, details: grpc.HandlerCallDetails
-    ) -> Handler:
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         raise NotImplementedError
 
 
@@ -147,9 +145,7 @@ class RequestContextInterceptor(_WrappingInterceptor):
     """Gives every call a request id (the client's x-request-id or a new one), echoes it in
     the trailing metadata and writes one structured access-log line per call."""
 
-    def wrap(
-        self, handler: Handler, details: grpc.HandlerCallDetails
-    ) -> Handler:
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         method = details.method
         quiet = method.startswith(HEALTH_SERVICE_PREFIX)
         incoming = dict(details.invocation_metadata or ())
@@ -201,9 +197,7 @@ class RequestContextInterceptor(_WrappingInterceptor):
 class MetricsInterceptor(_WrappingInterceptor):
     """Prometheus counters and latency histograms named as in go-grpc-prometheus."""
 
-    def wrap(
-        self, handler: Handler, details: grpc.HandlerCallDetails
-    ) -> Handler:
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         service, method = _split_method(details.method)
         kind = _rpc_type(handler)
         started = STARTED.labels(service, method, kind)
@@ -296,9 +290,7 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
     """Domain errors -> canonical status + google.rpc.ErrorInfo; anything else -> INTERNAL
     with the request id and no traceback or SQL text for the client."""
 
-    def wrap(
-        self, handler: Handler, details: grpc.HandlerCallDetails
-    ) -> Handler:
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         method = details.method
 
         async def unary(behavior: Behavior, request: Any, context: Context) -> Any:

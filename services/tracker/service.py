@@ -242,6 +242,12 @@ class TrackerService:
             fields = {f for f in ("display_name", "description") if getattr(experiment, f)}
             if experiment.tags:
                 fields.add("tags")
+        if not fields:
+            raise InvalidArgument(
+                "nothing to update: set update_mask or one of "
+                + ", ".join(EXPERIMENT_UPDATE_FIELDS),
+                field="update_mask",
+            )
         if "display_name" in fields:
             _check_text(
                 experiment.display_name, "experiment.display_name", MAX_NAME_LENGTH, required=True

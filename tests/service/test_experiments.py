@@ -430,6 +430,18 @@ def test_update_with_unknown_mask_path_names_it(tracker: TrackerStub) -> None:
     assert fetched.description == "same"
 
 
+def test_update_with_nothing_to_change_is_invalid_argument(tracker: TrackerStub) -> None:
+    experiment = new_experiment(tracker, "u-empty")
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        tracker.UpdateExperiment,
+        pb.UpdateExperimentRequest(experiment=experiment_pb2.Experiment(name=experiment.name)),
+    )
+    assert "nothing to update" in error.details()
+    fetched = tracker.GetExperiment(pb.GetExperimentRequest(name=experiment.name))
+    assert fetched.update_time == experiment.update_time
+
+
 def test_update_to_a_taken_name_is_already_exists(tracker: TrackerStub) -> None:
     new_experiment(tracker, "taken")
     other = new_experiment(tracker, "other")

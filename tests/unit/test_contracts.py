@@ -79,4 +79,3 @@ def test_search_runs_has_additional_get_binding() -> None:
     rule: http_pb2.HttpRule = search.options.Extensions[annotations_pb2.http]
     assert rule.post == "/v1/runs:search"
     assert [b.get for b in rule.additional_bindings] == ["/v1/runs:search"]
-

@@ -762,4 +762,3 @@ def test_concurrent_parses_agree_with_serial_ones() -> None:
     serial = [outcome(t) for t in texts]
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(outcome, texts)) == serial
-

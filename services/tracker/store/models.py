@@ -7,6 +7,8 @@ run deletes them explicitly.
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     text,
 )
@@ -40,6 +43,11 @@ REQUEST_ID_LENGTH = 128
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's Table, typed as one (Core queries on the hot paths use tables)."""
+    return cast(Table, model.__table__)
 
 
 class ExperimentRow(Base):

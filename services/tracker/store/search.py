@@ -55,6 +55,7 @@ from services.tracker.store.models import (
     ParamRow,
     RunRow,
     RunTagRow,
+    table_of,
 )
 
 AttributeType = Literal["text", "int", "time", "status", "lifecycle"]
@@ -74,8 +75,8 @@ class Attribute:
     nullable_text: bool = False  # '' counts as missing for IS NULL
 
 
-_runs = RunRow.__table__
-_experiments = ExperimentRow.__table__
+_runs = table_of(RunRow)
+_experiments = table_of(ExperimentRow)
 
 RUN_ATTRIBUTES: dict[str, Attribute] = {
     "run_id": Attribute(_runs.c.run_id, "text"),
@@ -256,6 +257,7 @@ class _KeyValueField(_FieldSql):
         c = self.table.c
         numbers = [float(v) for v in values if _is_number(v)]
         texts = [_text_value(self.field, v) for v in values if not _is_number(v)]
+        membership: ColumnElement[bool]
         if self.kind == "metric":
             if texts:
                 raise _bad(self.field, "is a number: list numbers only")
@@ -335,7 +337,7 @@ class _AttributeField(_FieldSql):
 
     def null_check(self, negated: bool) -> ColumnElement[bool]:
         column = self.attribute.column
-        missing = column.is_(None)
+        missing: ColumnElement[bool] = column.is_(None)
         if self.attribute.nullable_text:
             missing = or_(missing, column == "")
         return not_(missing) if negated else missing
@@ -364,11 +366,11 @@ def _resolve_attribute(
 def _run_field(field: FieldRef) -> _FieldSql:
     owner = _runs.c.run_id
     if field.kind == "params":
-        return _KeyValueField(field, ParamRow.__table__, owner, "param")
+        return _KeyValueField(field, table_of(ParamRow), owner, "param")
     if field.kind == "tags":
-        return _KeyValueField(field, RunTagRow.__table__, owner, "tag")
+        return _KeyValueField(field, table_of(RunTagRow), owner, "tag")
     if field.kind == "metrics":
-        return _KeyValueField(field, LatestMetricRow.__table__, owner, "metric")
+        return _KeyValueField(field, table_of(LatestMetricRow), owner, "metric")
     return _AttributeField(
         field, _resolve_attribute(field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run")
     )
@@ -377,7 +379,7 @@ def _run_field(field: FieldRef) -> _FieldSql:
 def _experiment_field(field: FieldRef) -> _FieldSql:
     if field.kind == "tags":
         return _KeyValueField(
-            field, ExperimentTagRow.__table__, _experiments.c.experiment_id, "experiment_tag"
+            field, table_of(ExperimentTagRow), _experiments.c.experiment_id, "experiment_tag"
         )
     if field.kind != "attributes":
         raise InvalidArgument(
@@ -437,11 +439,7 @@ def apply_run_order(
                 continue  # always the final tie-breaker below
             columns.append(SortColumn(attribute.column, key.descending))
             continue
-        table = {
-            "params": ParamRow,
-            "tags": RunTagRow,
-            "metrics": LatestMetricRow,
-        }[field.kind]
+        table: Any = {"params": ParamRow, "tags": RunTagRow, "metrics": LatestMetricRow}[field.kind]
         alias = aliased(table, name=f"sort_{index}")
         query = query.outerjoin(
             alias, and_(alias.run_id == _runs.c.run_id, alias.key == literal(field.key))

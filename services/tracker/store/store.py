@@ -48,6 +48,7 @@ from services.tracker.store.models import (
     RunEnvironmentRow,
     RunRow,
     RunTagRow,
+    table_of,
 )
 from services.tracker.store.search import (
     apply_experiment_order,
@@ -63,14 +64,14 @@ Lifecycle = Literal["ACTIVE", "DELETED", "ALL"]
 MetricPointTuple = tuple[str, float, int, int]  # key, value, step, timestamp_ms
 T = TypeVar("T")
 
-_runs = RunRow.__table__
-_experiments = ExperimentRow.__table__
-_metrics = MetricRow.__table__
-_latest = LatestMetricRow.__table__
-_params = ParamRow.__table__
-_run_tags = RunTagRow.__table__
-_artifacts = ArtifactRow.__table__
-_batches = MetricBatchRow.__table__
+_runs = table_of(RunRow)
+_experiments = table_of(ExperimentRow)
+_metrics = table_of(MetricRow)
+_latest = table_of(LatestMetricRow)
+_params = table_of(ParamRow)
+_run_tags = table_of(RunTagRow)
+_artifacts = table_of(ArtifactRow)
+_batches = table_of(MetricBatchRow)
 
 # Above this many points per batch, PostgreSQL ingest switches from INSERT to COPY.
 COPY_THRESHOLD = 64
@@ -465,7 +466,7 @@ class TrackerStore:
     def _next_version(self, session: Session, dataset_id: str, model_type: str) -> int:
         """Upsert-and-increment: the counter row's lock serializes concurrent creators, and
         the increment rolls back with a failed creation, so numbers stay gap-free."""
-        table = ModelVersionCounterRow.__table__
+        table = table_of(ModelVersionCounterRow)
         dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         statement = (
             dialect_insert(table)
@@ -737,10 +738,10 @@ class TrackerStore:
     ) -> None:
         to_db = convert.metric_value_to_db
         if self.db.dialect == "postgresql" and len(points) >= COPY_THRESHOLD:
-            raw = session.connection().connection.driver_connection
+            raw: Any = session.connection().connection.driver_connection
             with (
                 raw.cursor() as cursor,
-                cursor.copy(  # type: ignore[union-attr]
+                cursor.copy(
                     "COPY metrics (run_id, key, step, timestamp, value) FROM STDIN"
                 ) as copy,
             ):

@@ -1,0 +1,44 @@
+"""bench/ must keep working: run it in --smoke mode (tiny sizes) and check its output shape.
+Speed itself is never asserted here; `make bench` prints the figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json", "--database", database],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["database"] == database
+    figures = report["figures"]
+    expected = {
+        "runs_per_s",
+        "ingest_points_per_s",
+        "log_metric_calls_per_s",
+        "log_metric_p50_ms",
+        "log_metric_p99_ms",
+        "search_p50_ms",
+        "search_p99_ms",
+        "history_p50_ms",
+        "server_rss_mb",
+    }
+    assert set(figures) == expected
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures.values())
