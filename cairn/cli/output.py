@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,7 +14,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+
+def _width() -> int | None:
+    """A terminal's own width; piped output (no terminal) gets room instead of rich's 80
+    columns, so wide tables are not squeezed into unreadable slivers (COLUMNS overrides)."""
+    if sys.stdout.isatty():
+        return None
+    return int(os.environ.get("COLUMNS", "200"))
+
+
+console = Console(width=_width())
 errors = Console(stderr=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -58,7 +69,7 @@ def print_table(
         return
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", min_width=min(len(column), 12))
     for row in rows:
         table.add_row(*(format_value(v) for v in row))
     console.print(table)

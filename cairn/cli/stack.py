@@ -269,7 +269,6 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
                 r.metrics.get("f1"),
                 r.metrics.get("val_loss"),
                 r.version,
-                r.run_id[:8],
             ]
             for i, r in enumerate(board)
         ]
@@ -278,7 +277,7 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
             print_table(
                 f"Leaderboard: {experiment}, sweep {result.sweep_id} "
                 f"({len(result.runs)} runs, {epochs} epochs each, {elapsed:.1f}s)",
-                ["#", "run", "learning_rate", "accuracy", "f1", "val_loss", "version", "run id"],
+                ["#", "run", "lr", "accuracy", "f1", "val_loss", "version"],
                 rows,
             )
             console.print(

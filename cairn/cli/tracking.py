@@ -136,7 +136,12 @@ _NO_WRAP = frozenset({"run id", "status", "start", "version", "created", "state"
 def _table(title: str | None, columns: Sequence[str]) -> Table:
     table = Table(title=title, header_style="bold", title_justify="left")
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP)
+        table.add_column(
+            column,
+            overflow="fold",
+            no_wrap=column in _NO_WRAP,
+            min_width=min(len(column), 12),  # a narrow terminal never squeezes a column away
+        )
     return table
 
 

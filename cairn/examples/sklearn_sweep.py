@@ -23,6 +23,7 @@ from cairn.types import Run
 DATASET_ID = "sklearn:breast_cancer"
 DATASET_NAME = "Breast Cancer Wisconsin (diagnostic)"
 MODELS = {"logistic_regression": "log_loss", "linear_svm": "hinge", "perceptron": "perceptron"}
+SHORT_NAMES = {"logistic_regression": "logreg", "linear_svm": "svm", "perceptron": "perceptron"}
 LEARNING_RATES = (0.001, 0.01, 0.1)
 
 
@@ -77,7 +78,7 @@ def train_one(
 
     with tracker.run(
         experiment,
-        run_name=f"{model_name}-lr{learning_rate:g}",
+        run_name=f"{SHORT_NAMES[model_name]}-lr{learning_rate:g}",
         tags={"sweep": sweep_id, "task": "binary-classification"},
         dataset_id=DATASET_ID,
         dataset_name=DATASET_NAME,
