@@ -21,6 +21,7 @@ import numbers
 import os
 import sys
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from cairn._sender import MetricSender, PendingPoint
+from cairn._sender import RETRYABLE, MetricSender, PendingPoint
 from cairn.common.v1 import lineage_pb2
 from cairn.environment import capture_environment
 from cairn.errors import CairnError, InvalidArgumentError, NotFoundError, from_rpc_error
@@ -524,27 +525,48 @@ class Tracker:
 
     def stream_metrics(
         self,
-        points: Iterable[tuple[str, float, int]],
+        points: Iterable[tuple[str, float, int] | tuple[str, float, int, int]],
         *,
         run_id: str | None = None,
         batch_size: int = 10_000,
+        batch_id_prefix: str | None = None,
+        attempts: int = 5,
     ) -> int:
-        """Bulk ingest (key, value, step) points over one client-streaming call; returns the
-        points stored. Batch ids are fixed before sending, so a retry stores nothing twice."""
+        """Bulk-ingest (key, value, step[, timestamp_ms]) points over one client-streaming
+        call; returns how many points the tracker holds from this call.
+
+        Every batch's id is fixed before the first attempt (from batch_id_prefix when given,
+        so a re-run of the same ingest is recognised too), and a broken stream is sent again
+        whole: batches that already arrived are acknowledged without being stored twice.
+        """
         run = self._run_name(run_id)
+        prefix = batch_id_prefix or uuid.uuid4().hex
         now = _now_ms()
         batches: list[pb.StreamMetricsRequest] = []
-        current = pb.StreamMetricsRequest(run=run, batch_id=uuid.uuid4().hex)
-        for key, value, step in points:
+        current = pb.StreamMetricsRequest(run=run, batch_id=f"{prefix}-0")
+        total = 0
+        for point in points:
+            key, value, step = point[0], point[1], point[2]
+            _check_metric_key(key)
             metric = current.metrics.add(key=key, value=float(value), step=int(step))
-            metric.timestamp.FromMilliseconds(now)
+            metric.timestamp.FromMilliseconds(point[3] if len(point) > 3 else now)  # type: ignore[misc]
+            total += 1
             if len(current.metrics) >= batch_size:
                 batches.append(current)
-                current = pb.StreamMetricsRequest(run=run, batch_id=uuid.uuid4().hex)
+                current = pb.StreamMetricsRequest(run=run, batch_id=f"{prefix}-{len(batches)}")
         if current.metrics:
             batches.append(current)
-        response = self._call(self._stub.StreamMetrics, iter(batches))
-        return int(response.stored_point_count)
+        for attempt in range(1, attempts + 1):
+            try:
+                self._stub.StreamMetrics(
+                    iter(batches), timeout=self._timeout * 10, metadata=self._metadata
+                )
+                return total
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE or attempt == attempts:  # type: ignore[attr-defined]
+                    raise from_rpc_error(error) from None
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+        return total
 
     def set_tags(self, tags: Mapping[str, object], *, run_id: str | None = None) -> None:
         self._call(
@@ -768,8 +790,6 @@ class Tracker:
 
 
 def _now_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000
 
 

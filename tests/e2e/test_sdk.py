@@ -292,3 +292,17 @@ def test_metrics_logged_while_the_tracker_is_down_arrive_when_it_is_up(
             assert len(client.get_metric_history(run.run_id, "loss")) == 50
         finally:
             restarted.stop()
+
+
+def test_stream_metrics_bulk_ingest_is_idempotent_with_a_batch_prefix(
+    client: cairn.Tracker,
+) -> None:
+    run = client.start_run("bulk")
+    points = [("loss", 1.0 / (step + 1), step, 1_700_000_000_000 + step) for step in range(25_000)]
+    assert client.stream_metrics(points, batch_size=10_000, batch_id_prefix="import-1") == 25_000
+    # The same ingest again (a re-run of a script): acknowledged, nothing stored twice.
+    assert client.stream_metrics(points, batch_size=10_000, batch_id_prefix="import-1") == 25_000
+    history = client.get_metric_history(run.run_id, "loss")
+    assert len(history) == 25_000
+    assert history[7].timestamp is not None
+    assert int(history[7].timestamp.timestamp() * 1000) == 1_700_000_000_007
