@@ -122,10 +122,12 @@ class MetricSender:
             if taken is None:
                 continue
             run, batch = taken
-            self._deliver(run, batch)
-            with self._lock:
-                self._done += len(batch)
-                self._lock.notify_all()
+            try:
+                self._deliver(run, batch)
+            finally:  # acknowledged or given up on: never leave flush() waiting for it
+                with self._lock:
+                    self._done += len(batch)
+                    self._lock.notify_all()
 
     def _deliver(self, run: str, batch: list[metric_pb2.Metric]) -> None:
         batch_id = uuid.uuid4().hex
@@ -142,8 +144,22 @@ class MetricSender:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                failure = from_rpc_error(error)
-                log.error("metric batch %s of %d points failed: %s", batch_id, len(batch), failure)
-                with self._lock:
-                    self._errors.append(failure)
+                self._give_up(batch_id, batch, from_rpc_error(error))
                 return
+            except Exception as error:
+                # Anything else (a closed channel: "Cannot invoke RPC on closed channel") is
+                # not going to get better by retrying. The thread must survive it, or every
+                # later flush() would wait forever for points nobody sends.
+                failure = CairnError(
+                    f"metric batch of {len(batch)} points could not be sent: "
+                    f"{type(error).__name__}: {error}"
+                )
+                failure.__cause__ = error
+                self._give_up(batch_id, batch, failure)
+                return
+
+    def _give_up(self, batch_id: str, batch: list[metric_pb2.Metric], failure: CairnError) -> None:
+        """Record a batch that will not be stored, for the next flush() to raise."""
+        log.error("metric batch %s of %d points failed: %s", batch_id, len(batch), failure)
+        with self._lock:
+            self._errors.append(failure)

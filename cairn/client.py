@@ -49,16 +49,24 @@ from cairn.tracker.v1 import (
     tracker_service_pb2 as pb,
 )
 from cairn.types import Artifact, Experiment, MetricPoint, Run, metric_point
+from cairn.validation import (
+    MAX_ENTRIES_PER_CALL,
+    MAX_KEY_LENGTH,
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_POINTS_PER_BATCH,
+    MAX_TAG_VALUE_LENGTH,
+    key_problem,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_EXPERIMENT = "Default"
 UPLOAD_CHUNK = 1 << 20
-MAX_KEY_LENGTH = 250
 
 T = TypeVar("T")
 
-# Retry UNAVAILABLE transparently in the channel: every call is idempotent (creates carry a
-# request_id, metric batches a batch_id).
+# Retry UNAVAILABLE (and ABORTED: a transaction the database gave up on, e.g. a deadlock)
+# transparently in the channel: every call is idempotent (creates carry a request_id, metric
+# batches a batch_id).
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -69,7 +77,7 @@ _SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.2s",
                     "maxBackoff": "3s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"],
                 },
             }
         ]
@@ -99,22 +107,81 @@ def _normalize_target(target: str) -> str:
     return target
 
 
+def _is_numpy(value: object) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "item")
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (np.int64(8) -> 8); anything else as is."""
+    if _is_numpy(value):
+        try:
+            return value.item()  # type: ignore[attr-defined]
+        except (TypeError, ValueError):  # an array of several values
+            return value
+    return value
+
+
+def _json_default(value: object) -> object:
+    if _is_numpy(value):
+        plain = _plain(value)
+        if plain is not value:
+            return plain
+        if hasattr(value, "tolist"):
+            return value.tolist()
+    return str(value)
+
+
 def _param_text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | int | float) or value is None:
+    """Params and tags are text; numbers are stored as their plain digits, so filters such as
+    `params.max_depth > 5` compare them as numbers (numpy scalars included)."""
+    plain = _plain(value)
+    if isinstance(plain, float) and plain is not value:
+        # numpy prints a float32/float16 with the digits of its own precision: 0.1, not the
+        # 0.10000000149011612 of the Python float it converts to.
         return str(value)
+    if isinstance(plain, str):
+        return plain
+    if isinstance(plain, numbers.Number) or plain is None:
+        return str(plain)
     try:
-        return json.dumps(value, sort_keys=True, default=str)
+        return json.dumps(plain, sort_keys=True, default=_json_default)
     except (TypeError, ValueError):
-        return str(value)
+        return str(plain)
+
+
+def _check_key(key: object, what: str) -> None:
+    """Refuse, before anything is queued or sent, a key the tracker would refuse."""
+    problem = key_problem(key)
+    if problem is not None:
+        shown = repr(key)
+        if isinstance(key, str) and len(key) > MAX_KEY_LENGTH:
+            shown = f"{key[:40]!r}..."
+        raise InvalidArgumentError(f"{what} key {shown} {problem}", reason="INVALID_KEY")
 
 
 def _check_metric_key(key: str) -> None:
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    _check_key(key, "metric")
+
+
+def _text_entries(entries: Mapping[str, object], what: str, value_limit: int) -> dict[str, str]:
+    """Params or tags as the text the tracker stores, checked against its limits."""
+    if len(entries) > MAX_ENTRIES_PER_CALL:
         raise InvalidArgumentError(
-            f"metric key {key!r}: 1-{MAX_KEY_LENGTH} printable characters", reason="INVALID_KEY"
+            f"at most {MAX_ENTRIES_PER_CALL} {what}s per call, got {len(entries)}",
+            reason="TOO_MANY_ENTRIES",
         )
+    texts: dict[str, str] = {}
+    for key, value in entries.items():
+        _check_key(key, what)
+        text = _param_text(value)
+        if len(text) > value_limit:
+            raise InvalidArgumentError(
+                f"{what} {key!r} has a value of {len(text)} characters; the limit is {value_limit}",
+                reason="VALUE_TOO_LONG",
+                metadata={"key": key, "limit": str(value_limit), "length": str(len(text))},
+            )
+        texts[key] = text
+    return texts
 
 
 def _metric_value(key: str, value: object) -> float:
@@ -166,7 +233,11 @@ class Tracker:
             ],
         )
         self._stub = tracker_service_pb2_grpc.TrackerServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._sender = MetricSender(self._send_batch, max_batch=batch_size, interval=flush_interval)
+        self._sender = MetricSender(
+            self._send_batch,
+            max_batch=max(1, min(batch_size, MAX_POINTS_PER_BATCH)),
+            interval=flush_interval,
+        )
         self._active: _ActiveRun | None = None
         self._lock = threading.RLock()
         self._experiments: dict[str, str] = {}  # display name -> id
@@ -323,6 +394,7 @@ class Tracker:
         capture_environment: bool | None = None,
     ) -> Run:
         """Start a run (creating the experiment if needed) and make it the active run."""
+        tag_texts = _text_entries(tags or {}, "tag", MAX_TAG_VALUE_LENGTH)
         experiment_id = self._experiment_id(experiment_name, create=True)
         capture = self._capture if capture_environment is None else capture_environment
         environment = _cached_environment() if capture else None
@@ -331,7 +403,7 @@ class Tracker:
             run=run_pb2.Run(
                 run_name=run_name or "",
                 note=note,
-                tags={k: _param_text(v) for k, v in (tags or {}).items()},
+                tags=tag_texts,
                 lineage=lineage_pb2.Lineage(
                     dataset_id=dataset_id,
                     dataset_name=dataset_name,
@@ -484,11 +556,9 @@ class Tracker:
         AlreadyExistsError naming the key and both values."""
         if not params:
             return
+        texts = _text_entries(params, "param", MAX_PARAM_VALUE_LENGTH)
         self._call(
-            self._stub.LogParams,
-            pb.LogParamsRequest(
-                run=self._run_name(run_id), params={k: _param_text(v) for k, v in params.items()}
-            ),
+            self._stub.LogParams, pb.LogParamsRequest(run=self._run_name(run_id), params=texts)
         )
 
     def log_param(self, key: str, value: object, *, run_id: str | None = None) -> None:
@@ -502,7 +572,10 @@ class Tracker:
         run_id: str | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Queue metric values (sent in the background; see flush())."""
+        """Queue metric values (sent in the background; see flush()).
+
+        A key or value the tracker would refuse raises InvalidArgumentError here, and then
+        none of this call's points is queued: one bad key never costs the good points."""
         run = self._run_name(run_id)
         when = timestamp_ms if timestamp_ms is not None else _now_ms()
         points = []
@@ -540,6 +613,7 @@ class Tracker:
         whole: batches that already arrived are acknowledged without being stored twice.
         """
         run = self._run_name(run_id)
+        batch_size = max(1, min(batch_size, MAX_POINTS_PER_BATCH))
         prefix = batch_id_prefix or uuid.uuid4().hex
         now = _now_ms()
         batches: list[pb.StreamMetricsRequest] = []
@@ -569,17 +643,16 @@ class Tracker:
         return total
 
     def set_tags(self, tags: Mapping[str, object], *, run_id: str | None = None) -> None:
+        texts = _text_entries(tags, "tag", MAX_TAG_VALUE_LENGTH)
         self._call(
-            self._stub.SetRunTags,
-            pb.SetRunTagsRequest(
-                run=self._run_name(run_id), tags={k: _param_text(v) for k, v in tags.items()}
-            ),
+            self._stub.SetRunTags, pb.SetRunTagsRequest(run=self._run_name(run_id), tags=texts)
         )
 
     def set_tag(self, key: str, value: object, *, run_id: str | None = None) -> None:
         self.set_tags({key: value}, run_id=run_id)
 
     def delete_tag(self, key: str, *, run_id: str | None = None) -> None:
+        _check_key(key, "tag")
         self._call(
             self._stub.DeleteRunTag, pb.DeleteRunTagRequest(run=self._run_name(run_id), key=key)
         )

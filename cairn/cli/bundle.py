@@ -702,18 +702,18 @@ def _chunks(entries: Mapping[str, str], size: int = MAX_ENTRIES) -> Iterator[dic
 def _create_request(
     run: Mapping[str, Any], experiment_id: str
 ) -> tuple[pb.CreateRunRequest, dict[str, str]]:
-    """The CreateRun request (idempotent per source run and target experiment) and all the
-    run's tags (a request carries at most MAX_ENTRIES of them)."""
+    """The CreateRun request (idempotent per source run and target experiment) and the run's
+    tags.
+
+    The request carries only what a run cannot change later (start time, lineage, environment,
+    user): the tracker refuses a request_id reused with another request, and a newer bundle of
+    the same run may have a new name, note or tags, which are applied after creation."""
     tags = {str(k): str(v) for k, v in run["tags"].items()}
-    first = dict(list(tags.items())[:MAX_ENTRIES])
     message = run_pb2.Run(
-        run_name=run["run_name"],
         status=run_pb2.RUN_STATUS_QUEUED
         if run["status"] == "QUEUED"
         else run_pb2.RUN_STATUS_RUNNING,
-        note=str(run.get("note") or ""),
         user=str(run.get("user") or ""),
-        tags=first,
         lineage=lineage_pb2.Lineage(
             **{f: str(run["lineage"].get(f) or "") for f in LINEAGE_FIELDS}
         ),
@@ -815,13 +815,24 @@ def _import_run(
     created = not marker.duplicate
     if created:
         result.result = "created"
-    # Tags and the note came with CreateRun. A run imported before only gains what it lacks:
-    # changes made in the target since are kept.
+        if run["run_name"]:
+            target = rpc(
+                tracker,
+                tracker.stub.UpdateRun,
+                pb.UpdateRunRequest(
+                    run=run_pb2.Run(name=target.name, run_name=run["run_name"]),
+                    update_mask=field_mask_pb2.FieldMask(paths=["run_name"]),
+                ),
+            )
+            result.run_name = target.run_name
+    # A run imported before only gains the tags and note it lacks: changes made in the
+    # target since are kept.
     missing_tags = {k: v for k, v in tags.items() if k not in target.tags}
     for chunk in _chunks(missing_tags):
         rpc(tracker, tracker.stub.SetRunTags, pb.SetRunTagsRequest(run=target.name, tags=chunk))
-    if not target.note and request.run.note:
-        tracker.set_note(request.run.note, run_id=target.name)
+    note = str(run.get("note") or "")
+    if not target.note and note:
+        tracker.set_note(note, run_id=target.name)
     params = {str(k): str(v) for k, v in run["params"].items()}
     for chunk in _chunks(params):
         try:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,42 @@ def _settings(data_dir: Path | None, **overrides: Any) -> Any:
         raise click.ClickException(str(error)) from None
 
 
+def display_url(url: str) -> str:
+    """A database URL as it may be printed: with its password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: show no more than the scheme
+        scheme, separator, _ = url.partition("://")
+        return f"{scheme}://..." if separator else "(an unparsable URL)"
+
+
+@contextmanager
+def startup_errors(database_urls: Iterable[str] = ()) -> Iterator[None]:
+    """Bad settings and an unreachable database end a command with one clear line and exit
+    code 1, not a traceback."""
+    from sqlalchemy import exc
+
+    from services.common.errors import ConfigurationError, Unavailable
+
+    try:
+        yield
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+    except (exc.OperationalError, exc.InterfaceError, Unavailable) as error:
+        cause: BaseException = error
+        if isinstance(error, Unavailable) and error.__cause__ is not None:
+            cause = error.__cause__
+        if isinstance(cause, exc.DBAPIError) and cause.orig is not None:
+            cause = cause.orig
+        detail = " ".join(str(cause).split())  # psycopg's messages span lines
+        where = ", ".join(dict.fromkeys(display_url(u) for u in database_urls))
+        raise click.ClickException(
+            f"cannot use the database{f' {where}' if where else ''}: {detail}"
+        ) from None
+
+
 def _pid_alive(pid: int) -> bool:
     # A stack this process started is its child: reap it, or a zombie looks alive forever.
     try:
@@ -58,13 +96,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _running_pid(data_dir: Path) -> int | None:
+def _is_cairn_stack(pid: int, address: str | None) -> bool:
+    """Whether `pid` runs a Cairn stack (`cairn up`), not some process that was given the pid
+    of a stack that died without removing its pid file."""
+    if sys.platform.startswith("linux"):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        words = [w.decode(errors="replace") for w in raw.split(b"\0")]
+        return "up" in words and any("cairn" in w for w in words)
+    # No /proc: the stack is there if its tracker answers.
+    return address is not None and tracker_healthy(address)
+
+
+def _running_pid(data_dir: Path, address: str | None = None) -> int | None:
+    """The pid of the stack running for data_dir. A pid file whose process is gone or is not
+    a Cairn stack is stale: it is removed (with a message), and nothing is signalled."""
     pid_file = data_dir / PID_FILE
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    if not _pid_alive(pid):
+        problem = "is not running"
+    elif not _is_cairn_stack(pid, address):
+        problem = "is not a Cairn stack"
+    else:
+        return pid
+    pid_file.unlink(missing_ok=True)
+    click.echo(
+        f"Removed the stale pid file {pid_file}: process {pid} {problem} (left untouched).",
+        err=True,
+    )
+    return None
 
 
 def tracker_healthy(address: str, timeout: float = 1.0) -> bool:
@@ -90,7 +155,11 @@ def wait_healthy(address: str, process: subprocess.Popen[bytes] | None, timeout:
 
 
 def _loopback_address(settings: Any) -> str:
+    """Where this machine reaches the tracker bound to settings.host: the host itself, or
+    loopback when it binds every interface."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
     return f"{host}:{settings.tracker_port}"
 
 
@@ -101,7 +170,10 @@ def start_detached(settings: Any, timeout: float = 120.0) -> int:
     log_path = data_dir / LOG_FILE
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cairn.cli", "up", "--data-dir", str(data_dir)],
+            [
+                *(sys.executable, "-m", "cairn.cli", "up"),
+                *("--data-dir", str(data_dir), "--host", settings.host),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -117,15 +189,17 @@ def start_detached(settings: Any, timeout: float = 120.0) -> int:
     return process.pid
 
 
-def stop_stack(data_dir: Path, timeout: float = 30.0) -> bool:
-    pid = _running_pid(data_dir)
+def stop_stack(data_dir: Path, timeout: float = 30.0, address: str | None = None) -> bool:
+    """SIGTERM the stack of data_dir (SIGKILL after `timeout`); False when none runs.
+    `address` (its tracker) identifies the stack where /proc cannot."""
+    pid = _running_pid(data_dir, address)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.1)
-    if _pid_alive(pid):
+    if _pid_alive(pid) and _is_cairn_stack(pid, address):
         os.kill(pid, signal.SIGKILL)
     (data_dir / PID_FILE).unlink(missing_ok=True)
     return True
@@ -141,7 +215,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
     overrides = {"host": host} if host else {}
     settings = _settings(data_dir, **overrides)
     directory = settings.resolved_data_dir()
-    running = _running_pid(directory)
+    running = _running_pid(directory, _loopback_address(settings))
     if running is not None:
         console.print(f"Cairn is already running for {directory} (pid {running}).")
         return
@@ -163,15 +237,18 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
 
     def ready() -> None:
         metrics = settings.tracker_metrics_port
+        metrics_host = settings.metrics_host or settings.host
+        database = display_url(settings.database_url_for("tracker"))
         console.print(
             f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}"
-            + (f", metrics http://{settings.host}:{metrics}/metrics" if metrics else "")
-            + f"\n  data: {directory}  (database {settings.database_url_for('tracker')})"
+            + (f", metrics http://{metrics_host}:{metrics}/metrics" if metrics else "")
+            + f"\n  data: {directory}  (database {database})"
             + "\n  Ctrl-C to stop."
         )
 
     try:
-        serve(settings, list(SERVICES), ready=ready)  # type: ignore[arg-type]
+        with startup_errors(settings.database_url_for(n) for n in SERVICES):  # type: ignore[arg-type]
+            serve(settings, list(SERVICES), ready=ready)  # type: ignore[arg-type]
     finally:
         if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()
@@ -182,7 +259,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
 def down(data_dir: Path | None) -> None:
     """Stop a stack started with `cairn up --detach` (or `cairn example --keep`)."""
     settings = _settings(data_dir)
-    if stop_stack(settings.resolved_data_dir()):
+    if stop_stack(settings.resolved_data_dir(), address=_loopback_address(settings)):
         console.print("Cairn stopped.")
     else:
         console.print(f"No Cairn stack is running for {settings.resolved_data_dir()}.")
@@ -197,7 +274,8 @@ def serve(service: str) -> None:
 
     settings = _settings(None)
     configure_logging(settings.log_level, settings.log_format)
-    serve_services(settings, [service])  # type: ignore[list-item]
+    with startup_errors([settings.database_url_for(service)]):  # type: ignore[arg-type]
+        serve_services(settings, [service])  # type: ignore[list-item]
 
 
 @click.group()
@@ -210,12 +288,15 @@ def db() -> None:
 @click.argument("services", nargs=-1, type=click.Choice(["tracker"]))
 def db_upgrade(data_dir: Path | None, services: tuple[str, ...]) -> None:
     """Apply migrations (every service's, or the named ones) to CAIRN_DATABASE_URL."""
-    from services.embedded import migrate
+    from services.embedded import MIGRATORS, migrate
 
     settings = _settings(data_dir)
-    done = migrate(settings, list(services) or None)
+    names = list(services) or list(MIGRATORS)
+    with startup_errors(settings.database_url_for(n) for n in names):  # type: ignore[arg-type]
+        done = migrate(settings, names)
     for name in done:
-        console.print(f"{name}: schema at head ({settings.database_url_for(name)})")  # type: ignore[arg-type]
+        url = display_url(settings.database_url_for(name))  # type: ignore[arg-type]
+        console.print(f"{name}: schema at head ({url})")
 
 
 @click.command()
@@ -299,7 +380,7 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
         )
     finally:
         if started and not keep:
-            stop_stack(settings.resolved_data_dir())
+            stop_stack(settings.resolved_data_dir(), address=address)
         elif started and not as_json:
             hint = f" --data-dir {data_dir}" if data_dir else ""
             errors.print(f"The stack keeps running ({address}); stop it with: cairn down{hint}")

@@ -17,20 +17,27 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.errors import ConfigurationError, Unavailable
+from services.common.errors import Aborted, ConfigurationError, Unavailable
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "cairn_write"
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back
+# whole, so the same call can simply be made again.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def normalize_database_url(url: str) -> URL:
     """Parse a database URL; plain postgres:// URLs get the psycopg 3 driver."""
     try:
         parsed = make_url(url)
-    except exc.ArgumentError as error:
-        raise ConfigurationError(f"invalid database URL {url!r}: {error}") from None
+    except (exc.ArgumentError, ValueError) as error:
+        # Not echoed: an unparsable URL cannot be shown with its password masked.
+        raise ConfigurationError(
+            f"invalid database URL ({error}): use postgresql+psycopg://user:password@host:port/"
+            "database or sqlite:///path/to/cairn.db"
+        ) from None
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
@@ -130,10 +137,23 @@ class Database:
 
 @contextmanager
 def _translate_connection_errors() -> Iterator[None]:
-    """A database that cannot be reached is UNAVAILABLE to callers, never SQL text."""
+    """A database that cannot be reached is UNAVAILABLE to callers, never SQL text; a
+    transaction PostgreSQL aborted to resolve a conflict (deadlock, serialization failure) is
+    ABORTED, which clients retry."""
     try:
         yield
-    except exc.OperationalError as error:
+    except exc.DBAPIError as error:
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            log.warning("transaction aborted by the database (%s): %s", sqlstate, error.orig)
+            raise Aborted(
+                "the database aborted the transaction because it conflicted with a concurrent "
+                "one; nothing was written, retry the call",
+                reason="TRANSACTION_CONFLICT",
+                metadata={"sqlstate": sqlstate},
+            ) from error
+        if not isinstance(error, exc.OperationalError):
+            raise
         if error.connection_invalidated or _is_connection_problem(error):
             log.warning("database unavailable: %s", error.orig)
             raise Unavailable("the database is unavailable; retry later") from error

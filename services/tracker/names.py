@@ -19,11 +19,18 @@ class RunName:
     run_id: str
 
 
+def _display(name: str, limit: int = 120) -> str:
+    """A name for an error message: never the whole of a huge one (gRPC metadata is small)."""
+    shown = repr(name[:limit])
+    return shown if len(name) <= limit else f"{shown}... ({len(name)} characters)"
+
+
 def parse_experiment_name(name: str, field: str = "name") -> str:
     match = _EXPERIMENT.fullmatch(name or "")
     if match is None or match.group(1) == WILDCARD:
         raise InvalidArgument(
-            f"{field} must look like experiments/{{experiment_id}}, got {name!r}", field=field
+            f"{field} must look like experiments/{{experiment_id}}, got {_display(name)}",
+            field=field,
         )
     return match.group(1)
 
@@ -34,7 +41,7 @@ def parse_experiment_parent(parent: str, field: str = "parent") -> str | None:
     if match is None:
         raise InvalidArgument(
             f"{field} must look like experiments/{{experiment_id}} or experiments/-, "
-            f"got {parent!r}",
+            f"got {_display(parent)}",
             field=field,
         )
     return None if match.group(1) == WILDCARD else match.group(1)
@@ -45,7 +52,7 @@ def parse_run_name(name: str, field: str = "name") -> RunName:
     if match is None or match.group(2) == WILDCARD:
         raise InvalidArgument(
             f"{field} must look like experiments/{{experiment_id}}/runs/{{run_id}} "
-            f"(experiments/-/runs/{{run_id}} also works), got {name!r}",
+            f"(experiments/-/runs/{{run_id}} also works), got {_display(name)}",
             field=field,
         )
     experiment_id = match.group(1)

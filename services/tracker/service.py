@@ -6,6 +6,8 @@ Every method is synchronous; the servicer runs them on the server's worker threa
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -14,6 +16,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
+from cairn.validation import (
+    MAX_ENTRIES_PER_CALL,
+    MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_POINTS_PER_BATCH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TEXT_LENGTH,
+    key_problem,
+)
 from services.common.errors import (
     DataLoss,
     FailedPrecondition,
@@ -47,15 +60,9 @@ from services.tracker.store.store import (
     artifact_exists_error,
 )
 
-# Documented limits (README "Limits"); beyond them requests are INVALID_ARGUMENT.
-MAX_NAME_LENGTH = 256
-MAX_KEY_LENGTH = 250
-MAX_PARAM_VALUE_LENGTH = 32_768
-MAX_TAG_VALUE_LENGTH = 8_000
-MAX_TEXT_LENGTH = 65_536
-MAX_ID_LENGTH = 128
-MAX_ENTRIES_PER_CALL = 1_000
-MAX_POINTS_PER_BATCH = 100_000
+# Documented limits (README "Limits"); beyond them requests are INVALID_ARGUMENT. The SDK
+# checks the same ones, from cairn.validation, before it sends anything.
+MAX_FULL_VIEW_PAGE = 25
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
@@ -106,18 +113,16 @@ def _check_no_nul(value: str, field: str, key: str | None = None) -> None:
 
 
 def _check_key(key: str, field: str) -> None:
+    problem = key_problem(key)
+    if problem is None:
+        return
     if not key:
-        raise InvalidArgument(f"{field} keys must not be empty", field=field)
+        raise InvalidArgument(f"{field} keys {problem}", field=field)
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidArgument(
-            f"{field} key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}",
-            field=field,
-            reason="TOO_LONG",
+            f"{field} key {key[:40]!r}... {problem}", field=field, reason="TOO_LONG"
         )
-    if not key.isprintable() or key != key.strip():
-        raise InvalidArgument(
-            f"{field} key {key!r} has control characters or surrounding whitespace", field=field
-        )
+    raise InvalidArgument(f"{field} key {key!r} {problem}", field=field)
 
 
 def _check_entries(entries: Mapping[str, str], field: str, value_limit: int) -> None:
@@ -202,6 +207,7 @@ class TrackerService:
             experiment.description,
             dict(experiment.tags),
             request_id,
+            request_fingerprint(experiment.SerializeToString(deterministic=True)),
         )
 
     def get_experiment(self, name: str) -> experiment_pb2.Experiment:
@@ -318,6 +324,9 @@ class TrackerService:
             lineage=lineage,
             environment=environment,
             request_id=request_id,
+            fingerprint=request_fingerprint(
+                parent.encode(), run.SerializeToString(deterministic=True)
+            ),
         )
 
     def _run_id(self, name: str, field: str = "name") -> str:
@@ -366,15 +375,21 @@ class TrackerService:
         lifecycle = _lifecycle(lifecycle_filter)
         ids = sorted(set(experiment_ids))
         query_id = self.page_tokens.fingerprint("runs", ids, filter_text, order_by, lifecycle)
+        run_view = _view(view, run_pb2.RUN_VIEW_STANDARD)
+        size = coerce_page_size(page_size)
+        if run_view == run_pb2.RUN_VIEW_FULL:
+            # Each run may carry megabytes of environment (pip freeze, git diff): keep a page
+            # well inside the message size limit.
+            size = min(size, MAX_FULL_VIEW_PAGE)
         page = self.store.search_runs(
             RunQuery(
                 experiment_ids=ids,
                 filter=parse_filter(filter_text),
                 order=parse_order_by(order_by or "start_time DESC"),
                 lifecycle=lifecycle,
-                page_size=coerce_page_size(page_size),
+                page_size=size,
                 after=self.page_tokens.decode(page_token, query_id) if page_token else None,
-                view=_view(view, run_pb2.RUN_VIEW_STANDARD),
+                view=run_view,
             )
         )
         return page.items, self._token(page.next_position, query_id)
@@ -497,7 +512,9 @@ class TrackerService:
                 field="metrics",
             )
         points = metric_tuples(metrics)
-        return self.store.log_metrics(self._run_id(run, "run"), batch_id, points)
+        return self.store.log_metrics(
+            self._run_id(run, "run"), batch_id, points, points_fingerprint(points)
+        )
 
     def metric_history(
         self,
@@ -520,7 +537,7 @@ class TrackerService:
         if start is not None and end is not None and end < start:
             raise InvalidArgument("end_step must not be below start_step", field="end_step")
         if max_points:
-            max_points = max(max_points, 4)
+            max_points = min(max(max_points, 4), MAX_HISTORY_PAGE)
             total = self.store.count_metric_points(run_id, key, start, end)
             if total <= max_points:
                 points, _ = self.store.metric_history_page(
@@ -642,24 +659,44 @@ class TrackerService:
                 field="older_than",
             )
         _check_ids(experiment_ids, "experiment_ids")
-        plan = self.store.plan_purge(now_ms() - older_than_ms, experiment_ids)
+        deleted_before = now_ms() - older_than_ms
+        if dry_run:
+            plan = self.store.plan_purge(deleted_before, experiment_ids)
+            freed = sum(self.artifacts.total_bytes(run_prefix(e, r)) for e, r in plan.runs)
+            return PurgeResult(len(plan.experiment_ids), [r for _, r in plan.runs], freed)
+        # Claim first (one transaction marks the rows PURGING, which nothing restores), so a
+        # restore racing this purge either wins before the claim or is refused after it.
+        plan = self.store.claim_purge(deleted_before, experiment_ids)
         freed = 0
         for experiment_id, run_id in plan.runs:
-            prefix = run_prefix(experiment_id, run_id)
-            # Content first, rows second: an interrupted purge leaves rows that a retry
-            # purges again, never rows-less content that nothing would ever free.
-            freed += (
-                self.artifacts.total_bytes(prefix)
-                if dry_run
-                else self.artifacts.delete_prefix(prefix)
-            )
-        if not dry_run:
-            self.store.purge_run_rows([run_id for _, run_id in plan.runs])
-            self.store.purge_experiment_rows(plan.experiment_ids)
-        return PurgeResult(len(plan.experiment_ids), [r for _, r in plan.runs], freed)
+            # Content first, rows second: an interrupted purge leaves PURGING rows that the
+            # next purge claims again, never rows-less content that nothing would ever free.
+            freed += self.artifacts.delete_prefix(run_prefix(experiment_id, run_id))
+        run_ids = self.store.purge_run_rows([run_id for _, run_id in plan.runs])
+        purged_experiments = self.store.purge_experiment_rows(plan.experiment_ids)
+        return PurgeResult(len(purged_experiments), run_ids, freed)
 
     def _token(self, position: list[object] | None, query_id: str) -> str:
         return self.page_tokens.encode(position, query_id) if position is not None else ""
+
+
+def request_fingerprint(*parts: bytes) -> str:
+    """Identity of a create request, so a reused request_id can be told from a retry."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def points_fingerprint(points: Sequence[MetricPointTuple]) -> str:
+    """Identity of a metric batch: its (key, step, value) points in order. Timestamps are
+    left out so re-sending the same measurements later is still recognised as a retry."""
+    digest = hashlib.sha256()
+    digest.update("\x00".join(key for key, _, _, _ in points).encode())
+    digest.update(struct.pack(f"<{len(points)}q", *(step for _, _, step, _ in points)))
+    digest.update(struct.pack(f"<{len(points)}d", *(value for _, value, _, _ in points)))
+    return digest.hexdigest()
 
 
 def blob_key(experiment_id: str, run_id: str, sha256: str) -> str:
@@ -715,9 +752,25 @@ def _timestamp_ms(ts: Timestamp, field: str) -> int:
     return int(ts.seconds * 1000 + ts.nanos // 1_000_000)
 
 
+# Per-field limits of the captured environment (README "Limits"); the short ones match
+# their columns, so no database ever sees a longer value.
+ENVIRONMENT_LIMITS = {
+    "git_commit": MAX_NAME_LENGTH,
+    "git_branch": MAX_NAME_LENGTH,
+    "python_version": MAX_NAME_LENGTH,
+    "hostname": MAX_NAME_LENGTH,
+    "platform": MAX_NAME_LENGTH,
+    "user": MAX_NAME_LENGTH,
+    "git_remote": MAX_TEXT_LENGTH,
+    "command": MAX_TEXT_LENGTH,
+    "device_info": MAX_TEXT_LENGTH,
+    "git_diff": 1_000_000,
+    "pip_freeze": 1_000_000,
+}
+
+
 def _check_environment(env: environment_pb2.Environment) -> None:
-    limits = {"git_diff": 1_000_000, "pip_freeze": 1_000_000, "command": MAX_TEXT_LENGTH}
     for descriptor, value in env.ListFields():
         if isinstance(value, str):
-            limit = limits.get(descriptor.name, MAX_TEXT_LENGTH)
+            limit = ENVIRONMENT_LIMITS[descriptor.name]
             _check_text(value, f"run.environment.{descriptor.name}", limit)

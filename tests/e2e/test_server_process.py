@@ -84,23 +84,61 @@ def running(
 
 
 def test_sigterm_drains_an_in_flight_stream_then_exits(
-    running: tuple[subprocess.Popen[bytes], str, Path],
+    tracker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    process, address, log = running
-    with grpc.insecure_channel(address) as channel:
+    # One second between NOT_SERVING and closing the listener: the window probes see.
+    log = tmp_path / "tracker.log"
+    process = _start({**tracker_env, "CAIRN_DRAIN_DELAY_SECONDS": "1"}, log)
+    address = f"127.0.0.1:{tracker_env['CAIRN_TRACKER_PORT']}"
+    try:
+        _wait_serving(address, process, log)
+        _drain_an_in_flight_stream(process, address, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _drain_an_in_flight_stream(process: subprocess.Popen[bytes], address: str, log: Path) -> None:
+    # Health is polled on its own channel, connected before the SIGTERM (a draining server
+    # accepts no new connections) and kept apart from the stream's connection.
+    probe_options = [("grpc.use_local_subchannel_pool", 1)]
+    with (
+        grpc.insecure_channel(address) as channel,
+        grpc.insecure_channel(address, options=probe_options) as probe_channel,
+    ):
+        health = health_pb2_grpc.HealthStub(probe_channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         stub = tracker_service_pb2_grpc.TrackerServiceStub(channel)
         experiment = stub.CreateExperiment(
             pb.CreateExperimentRequest(experiment=experiment_pb2.Experiment(display_name="drain"))
         )
         run = stub.CreateRun(pb.CreateRunRequest(parent=experiment.name, run=run_pb2.Run()))
         signalled = threading.Event()
+        seen: list[str] = []  # health statuses observed after the SIGTERM, mid-stream
+
+        def wait_not_serving() -> None:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status
+                except grpc.RpcError as error:
+                    seen.append(str(error.code()))
+                else:
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+                    if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        return
+                time.sleep(0.02)
 
         def batches() -> Iterator[pb.StreamMetricsRequest]:
             for index in range(10):
                 if index == 3:
                     process.send_signal(signal.SIGTERM)  # mid-stream
                     signalled.set()
-                    time.sleep(0.5)
+                    wait_not_serving()
                 batch = pb.StreamMetricsRequest(run=run.name, batch_id=f"b{index}")
                 for step in range(100):
                     batch.metrics.add(key="loss", value=1.0, step=index * 100 + step)
@@ -109,6 +147,9 @@ def test_sigterm_drains_an_in_flight_stream_then_exits(
 
         response = stub.StreamMetrics(batches(), timeout=30)
         assert signalled.is_set()
+        assert seen and seen[-1] == "NOT_SERVING", (
+            f"health never reported NOT_SERVING within 2 s of the SIGTERM: {seen}"
+        )
         assert response.batch_count == 10
         assert response.stored_point_count == 1000
         # The server refuses new work once draining, then exits cleanly.

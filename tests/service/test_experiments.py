@@ -101,9 +101,10 @@ def test_request_id_makes_create_idempotent(tracker: TrackerStub) -> None:
     first = tracker.CreateExperiment(request)
     retry = tracker.CreateExperiment(request)
     assert retry == first
-    # The key, not the payload, identifies the call: a retry returns the first result.
+    # The key names one request (AIP-155): another request under it is refused.
     request.experiment.display_name = "idem-changed"
-    assert tracker.CreateExperiment(request).experiment_id == first.experiment_id
+    error = expect_error(grpc.StatusCode.INVALID_ARGUMENT, tracker.CreateExperiment, request)
+    assert error_info(error).reason == "REQUEST_ID_REUSED"
     assert list_names(tracker) == ["idem"]
     # Another key with the taken name is a real duplicate.
     request.request_id = "req-exp-2"

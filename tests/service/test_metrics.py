@@ -95,9 +95,19 @@ def test_a_retried_batch_is_stored_once(shared_tracker: TrackerStub, run: run_pb
     retry = log_metrics(shared_tracker, run, points, batch_id="job-1/loss/epoch-3")
     assert (first.stored_point_count, first.duplicate) == (10, False)
     assert (retry.stored_point_count, retry.duplicate) == (0, True)
-    # Even with other content, a known batch id is acknowledged and not stored.
-    other = log_metrics(shared_tracker, run, [metric("loss", 99.0, step=99)], "job-1/loss/epoch-3")
-    assert other.duplicate
+    # The same points re-sent later (new timestamps) are still the same batch.
+    resent = [metric("loss", float(s), step=s, timestamp_ms=T0 + 60_000) for s in range(10)]
+    assert log_metrics(shared_tracker, run, resent, batch_id="job-1/loss/epoch-3").duplicate
+    # Other points under a known batch id are refused, never silently dropped.
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        log_metrics,
+        shared_tracker,
+        run,
+        [metric("loss", 99.0, step=99)],
+        "job-1/loss/epoch-3",
+    )
+    assert error_info(error).reason == "BATCH_ID_REUSED"
     stored = history(shared_tracker, run, "loss")
     assert stored.total_point_count == 10
     assert steps_and_values(stored) == [(s, float(s)) for s in range(10)]
@@ -145,7 +155,7 @@ def test_stream_metrics_deduplicates_resent_batches(
     assert (again.batch_count, again.duplicate_batch_count, again.stored_point_count) == (4, 2, 2)
     assert history(shared_tracker, run, "loss").total_point_count == 9  # b3 twice: no id
     # Batches logged one by one share the ids with streamed ones.
-    assert log_metrics(shared_tracker, run, b1, batch_id="b2").duplicate
+    assert log_metrics(shared_tracker, run, b2, batch_id="b2").duplicate
 
 
 def test_stream_metrics_with_nothing_sent(shared_tracker: TrackerStub, run: run_pb2.Run) -> None:

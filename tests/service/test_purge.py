@@ -4,15 +4,17 @@ what was deleted long enough ago goes, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
+from sqlalchemy import text
 
 from cairn.tracker.v1 import lifecycle_pb2, run_pb2
 from cairn.tracker.v1 import tracker_service_pb2 as pb
+from services.common.db import Database
 from services.common.settings import Settings
+from services.common.timeutil import now_ms
 
 from cairn_testing import (
     MiB,
@@ -144,11 +146,21 @@ def test_recently_deleted_runs_are_kept(tracker: TrackerStub, settings: Settings
     upload(tracker, old.name, "a.bin", b"o" * 100)
     upload(tracker, recent.name, "a.bin", b"r" * 200)
     tracker.DeleteRun(pb.DeleteRunRequest(name=old.name))
-    time.sleep(1.2)
     tracker.DeleteRun(pb.DeleteRunRequest(name=recent.name))
-
     assert purge(tracker, older_than_s=3600).purged_run_count == 0
-    response = purge(tracker, older_than_s=0.8)
+    # Backdate the old deletion in the database (two hours): no wall-clock race with a
+    # loaded machine, which a sleep between the deletes had.
+    database = Database(settings.database_url_for("tracker"))
+    try:
+        with database.write() as session:
+            session.execute(
+                text("UPDATE runs SET delete_time = :t WHERE run_id = :id"),
+                {"t": now_ms() - 2 * 3600 * 1000, "id": old.run_id},
+            )
+    finally:
+        database.dispose()
+
+    response = purge(tracker, older_than_s=3600)
     assert list(response.purged_run_ids) == [old.run_id]
     assert response.freed_bytes == 100
     assert not run_dir(settings, old).exists()

@@ -265,6 +265,25 @@ def test_create_run_request_id_is_idempotent(shared_tracker: TrackerStub) -> Non
     assert len(listed.runs) == 2
 
 
+def test_a_request_id_reused_for_another_run_is_refused(shared_tracker: TrackerStub) -> None:
+    experiment = new_experiment(shared_tracker)
+    other_experiment = new_experiment(shared_tracker)
+    first = new_run(shared_tracker, experiment, request_id="run-req-2", run_name="a")
+    for parent, name in [(other_experiment, "a"), (experiment, "b")]:
+        error = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            new_run,
+            shared_tracker,
+            parent,
+            request_id="run-req-2",
+            run_name=name,
+        )
+        assert error_info(error).reason == "REQUEST_ID_REUSED"
+    assert new_run(shared_tracker, experiment, request_id="run-req-2", run_name="a") == first
+    listed = shared_tracker.ListRuns(pb.ListRunsRequest(parent=other_experiment.name))
+    assert list(listed.runs) == []
+
+
 # ------------------------------------------------------------------ status lifecycle
 
 
@@ -681,3 +700,51 @@ def test_concurrent_retries_with_one_request_id_create_one_run(
         assert [r.run_id for r in listed.runs] == [runs[0].run_id]
         # No version number was used up by the retries.
         assert new_run(stub, experiment, dataset_id="ds-r", model_type="m").version == 2
+
+
+def test_a_huge_malformed_name_is_invalid_argument_not_a_metadata_overflow(
+    shared_tracker: TrackerStub,
+) -> None:
+    huge = "experiments/" + "x" * 100_000
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        shared_tracker.GetRun,
+        pb.GetRunRequest(name=huge + "/runs/y"),
+    )
+    assert "100019 characters" in error.details()
+    assert len(error.details()) < 1_000
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        ("git_commit", 256),
+        ("git_branch", 256),
+        ("python_version", 256),
+        ("hostname", 256),
+        ("platform", 256),
+        ("user", 256),
+        ("command", 65_536),
+        ("git_remote", 65_536),
+        ("device_info", 65_536),
+        ("git_diff", 1_000_000),
+        ("pip_freeze", 1_000_000),
+    ],
+)
+def test_environment_fields_up_to_their_limit_are_stored_beyond_it_refused(
+    shared_tracker: TrackerStub, field: str, limit: int
+) -> None:
+    experiment = new_experiment(shared_tracker)
+    at_limit = new_run(
+        shared_tracker, experiment, environment=environment_pb2.Environment(**{field: "é" * limit})
+    )
+    fetched = shared_tracker.GetRun(pb.GetRunRequest(name=at_limit.name))
+    assert getattr(fetched.environment, field) == "é" * limit
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        new_run,
+        shared_tracker,
+        experiment,
+        environment=environment_pb2.Environment(**{field: "x" * (limit + 1)}),
+    )
+    assert error_info(error).metadata["field"] == f"run.environment.{field}"

@@ -306,8 +306,10 @@ class TrackerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetrics(self, request, context):
-        """Logs a batch of metric points. A batch with a batch_id already stored for the run is
-        acknowledged without being stored again, so retries never duplicate points.
+        """Logs a batch of metric points. A batch whose batch_id is already stored for the run, with
+        the same (key, step, value) points, is acknowledged without being stored again, so
+        retries never duplicate points; other points under a stored batch_id are
+        INVALID_ARGUMENT (BATCH_ID_REUSED), never silently dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -19,6 +19,8 @@ from services.tracker.store.models import (
 LIFECYCLE_TO_PROTO = {
     "ACTIVE": lifecycle_pb2.LIFECYCLE_STATE_ACTIVE,
     "DELETED": lifecycle_pb2.LIFECYCLE_STATE_DELETED,
+    # Claimed by a running PurgeDeleted: still deleted to every caller, no longer restorable.
+    "PURGING": lifecycle_pb2.LIFECYCLE_STATE_DELETED,
 }
 STATUS_TO_PROTO = {
     "QUEUED": run_pb2.RUN_STATUS_QUEUED,

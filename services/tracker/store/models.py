@@ -61,6 +61,8 @@ class ExperimentRow(Base):
     update_time: Mapped[int] = mapped_column(BigInteger)
     delete_time: Mapped[int | None] = mapped_column(BigInteger)
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), unique=True)
+    # SHA-256 of the create request that used request_id: a retry must match it.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index(None, "lifecycle_state", "create_time"),)
 
@@ -103,6 +105,7 @@ class RunRow(Base):
     model_type: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), unique=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index(None, "experiment_id", "lifecycle_state", "start_time"),
@@ -128,13 +131,13 @@ class RunEnvironmentRow(Base):
     run_id: Mapped[str] = mapped_column(
         ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
     )
-    git_commit: Mapped[str] = mapped_column(String(64), default="")
+    git_commit: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     git_branch: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     git_remote: Mapped[str] = mapped_column(Text, default="")
     git_dirty: Mapped[bool] = mapped_column(Boolean, default=False)
     git_diff: Mapped[str] = mapped_column(Text, default="")
     command: Mapped[str] = mapped_column(Text, default="")
-    python_version: Mapped[str] = mapped_column(String(64), default="")
+    python_version: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     pip_freeze: Mapped[str] = mapped_column(Text, default="")
     hostname: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     platform: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
@@ -206,6 +209,9 @@ class MetricBatchRow(Base):
     )
     batch_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
     point_count: Mapped[int] = mapped_column(Integer)
+    # SHA-256 of the batch's (key, step, value) points: a batch id reused for other points
+    # is refused instead of silently dropping them.
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
     create_time: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import experiment_pb2, metric_pb2, run_pb2
 from services.common.db import Database
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.filtering import Node, OrderKey
 from services.common.timeutil import now_ms
 from services.tracker.store import convert
@@ -136,6 +136,17 @@ class ParamConflict:
     new_value: str
 
 
+def _check_replay(request_id: str, stored: str | None, fingerprint: str) -> None:
+    """AIP-155: a retry carries the same request; another request under the key is refused."""
+    if stored is not None and stored != fingerprint:
+        raise InvalidArgument(
+            f"request_id {request_id!r} was already used for a different request",
+            field="request_id",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
+
+
 def _shorten(value: str, limit: int = 200) -> str:
     return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
 
@@ -192,10 +203,15 @@ class TrackerStore:
     # ------------------------------------------------------------------ experiments
 
     def create_experiment(
-        self, display_name: str, description: str, tags: Mapping[str, str], request_id: str
+        self,
+        display_name: str,
+        description: str,
+        tags: Mapping[str, str],
+        request_id: str,
+        fingerprint: str,
     ) -> experiment_pb2.Experiment:
         if request_id:
-            existing = self._experiment_by_request(request_id)
+            existing = self._experiment_by_request(request_id, fingerprint)
             if existing is not None:
                 return existing
         experiment_id = new_id()
@@ -211,16 +227,17 @@ class TrackerStore:
                         create_time=now,
                         update_time=now,
                         request_id=request_id or None,
+                        request_fingerprint=fingerprint if request_id else None,
                     )
                 )
                 session.flush()
                 session.add_all(
                     ExperimentTagRow(experiment_id=experiment_id, key=k, value=v)
-                    for k, v in tags.items()
+                    for k, v in sorted(tags.items())
                 )
         except IntegrityError:
             if request_id:
-                existing = self._experiment_by_request(request_id)
+                existing = self._experiment_by_request(request_id, fingerprint)
                 if existing is not None:
                     return existing
             raise AlreadyExists(
@@ -230,12 +247,19 @@ class TrackerStore:
             ) from None
         return self.get_experiment(experiment_id)
 
-    def _experiment_by_request(self, request_id: str) -> experiment_pb2.Experiment | None:
+    def _experiment_by_request(
+        self, request_id: str, fingerprint: str
+    ) -> experiment_pb2.Experiment | None:
         with self.db.read() as session:
-            experiment_id = session.scalar(
-                select(_experiments.c.experiment_id).where(_experiments.c.request_id == request_id)
-            )
-        return self.get_experiment(experiment_id) if experiment_id else None
+            found = session.execute(
+                select(_experiments.c.experiment_id, _experiments.c.request_fingerprint).where(
+                    _experiments.c.request_id == request_id
+                )
+            ).first()
+        if found is None:
+            return None
+        _check_replay(request_id, found.request_fingerprint, fingerprint)
+        return self.get_experiment(found.experiment_id)
 
     def get_experiment(self, experiment_id: str) -> experiment_pb2.Experiment:
         with self.db.read() as session:
@@ -330,7 +354,7 @@ class TrackerStore:
                     )
                     session.add_all(
                         ExperimentTagRow(experiment_id=experiment_id, key=k, value=v)
-                        for k, v in tags.items()
+                        for k, v in sorted(tags.items())
                     )
                 row.update_time = now_ms()
         except IntegrityError:
@@ -350,8 +374,14 @@ class TrackerStore:
                 raise NotFound(
                     f"experiment {experiment_id!r} not found", reason="EXPERIMENT_NOT_FOUND"
                 )
+            if row.lifecycle_state == "PURGING" and not deleted:
+                raise FailedPrecondition(
+                    f"experiment {experiment_id!r} is being purged and can no longer be restored",
+                    reason="EXPERIMENT_PURGING",
+                    metadata={"experiment_id": experiment_id},
+                )
             if deleted:
-                if row.lifecycle_state == "DELETED":
+                if row.lifecycle_state != "ACTIVE":
                     raise FailedPrecondition(
                         f"experiment {experiment_id!r} is already deleted",
                         reason="EXPERIMENT_DELETED",
@@ -378,7 +408,12 @@ class TrackerStore:
                 row.lifecycle_state, row.delete_time = "ACTIVE", None
                 session.execute(
                     update(RunRow)
-                    .where(RunRow.experiment_id == experiment_id, RunRow.deleted_with_experiment)
+                    .where(
+                        RunRow.experiment_id == experiment_id,
+                        RunRow.deleted_with_experiment,
+                        # Never a run that a purge has claimed (PURGING): it is going away.
+                        RunRow.lifecycle_state == "DELETED",
+                    )
                     .values(
                         lifecycle_state="ACTIVE",
                         delete_time=None,
@@ -403,16 +438,22 @@ class TrackerStore:
         lineage: Mapping[str, str],
         environment: environment_pb2.Environment | None,
         request_id: str,
+        fingerprint: str,
     ) -> run_pb2.Run:
         if request_id:
-            existing = self._run_by_request(request_id)
+            existing = self._run_by_request(request_id, fingerprint)
             if existing is not None:
                 return existing
         run_id = new_id()
         now = now_ms()
         try:
             with self.db.write() as session:
-                experiment = session.get(ExperimentRow, experiment_id)
+                # FOR SHARE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers):
+                # a concurrent DeleteExperiment (FOR UPDATE) waits for this run to commit and
+                # then deletes it too, or this waits and sees the experiment deleted.
+                experiment = session.get(
+                    ExperimentRow, experiment_id, with_for_update={"read": True}
+                )
                 if experiment is None:
                     raise NotFound(
                         f"experiment {experiment_id!r} not found",
@@ -444,6 +485,7 @@ class TrackerStore:
                         user=user,
                         version=version,
                         request_id=request_id or None,
+                        request_fingerprint=fingerprint if request_id else None,
                         **{k: lineage.get(k, "") for k in _LINEAGE_FIELDS},
                     )
                 )
@@ -453,11 +495,11 @@ class TrackerStore:
                 if tags:
                     session.execute(
                         insert(_run_tags),
-                        [{"run_id": run_id, "key": k, "value": v} for k, v in tags.items()],
+                        [{"run_id": run_id, "key": k, "value": v} for k, v in sorted(tags.items())],
                     )
         except IntegrityError:
             if request_id:
-                existing = self._run_by_request(request_id)
+                existing = self._run_by_request(request_id, fingerprint)
                 if existing is not None:
                     return existing
             raise
@@ -479,10 +521,17 @@ class TrackerStore:
         )
         return int(session.execute(statement).scalar_one())
 
-    def _run_by_request(self, request_id: str) -> run_pb2.Run | None:
+    def _run_by_request(self, request_id: str, fingerprint: str) -> run_pb2.Run | None:
         with self.db.read() as session:
-            run_id = session.scalar(select(_runs.c.run_id).where(_runs.c.request_id == request_id))
-        return self.get_run(run_id, run_pb2.RUN_VIEW_FULL) if run_id else None
+            found = session.execute(
+                select(_runs.c.run_id, _runs.c.request_fingerprint).where(
+                    _runs.c.request_id == request_id
+                )
+            ).first()
+        if found is None:
+            return None
+        _check_replay(request_id, found.request_fingerprint, fingerprint)
+        return self.get_run(found.run_id, run_pb2.RUN_VIEW_FULL)
 
     def run_state(self, run_id: str, session: Session | None = None) -> RunState:
         statement = select(
@@ -601,26 +650,43 @@ class TrackerStore:
     def set_run_deleted(self, run_id: str, deleted: bool) -> None:
         now = now_ms()
         with self.db.write() as session:
+            experiment: ExperimentRow | None = None
+            if not deleted:
+                # A restored run needs its experiment ACTIVE until this commits: FOR SHARE makes
+                # a concurrent DeleteExperiment (FOR UPDATE) wait for this, or this wait and see
+                # the experiment deleted. Experiment before run is the order in which
+                # DeleteExperiment and PurgeDeleted lock too, so none of them can deadlock.
+                experiment_id = session.scalar(
+                    select(_runs.c.experiment_id).where(_runs.c.run_id == run_id)
+                )
+                if experiment_id is not None:
+                    experiment = session.get(
+                        ExperimentRow, experiment_id, with_for_update={"read": True}
+                    )
             row = session.get(RunRow, run_id, with_for_update=True)
             if row is None:
                 raise NotFound(
                     f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
                 )
-            target = "DELETED" if deleted else "ACTIVE"
-            if row.lifecycle_state == target:
+            if deleted and row.lifecycle_state != "ACTIVE":  # DELETED, or PURGING
+                raise FailedPrecondition(f"run {run_id!r} is already deleted", reason="RUN_DELETED")
+            if not deleted and row.lifecycle_state == "ACTIVE":
                 raise FailedPrecondition(
-                    f"run {run_id!r} is already {'deleted' if deleted else 'active'}",
-                    reason="RUN_DELETED" if deleted else "RUN_NOT_DELETED",
+                    f"run {run_id!r} is already active", reason="RUN_NOT_DELETED"
                 )
-            if not deleted:
-                experiment = session.get(ExperimentRow, row.experiment_id)
-                if experiment is not None and experiment.lifecycle_state != "ACTIVE":
-                    raise FailedPrecondition(
-                        f"the run's experiment {experiment.display_name!r} is deleted; "
-                        "restore it first",
-                        reason="EXPERIMENT_DELETED",
-                    )
-            row.lifecycle_state = target
+            if not deleted and row.lifecycle_state == "PURGING":
+                raise FailedPrecondition(
+                    f"run {run_id!r} is being purged and can no longer be restored",
+                    reason="RUN_PURGING",
+                    metadata={"run_id": run_id},
+                )
+            if experiment is not None and experiment.lifecycle_state != "ACTIVE":
+                raise FailedPrecondition(
+                    f"the run's experiment {experiment.display_name!r} is deleted; "
+                    "restore it first",
+                    reason="EXPERIMENT_DELETED",
+                )
+            row.lifecycle_state = "DELETED" if deleted else "ACTIVE"
             row.delete_time = now if deleted else None
             row.deleted_with_experiment = False
             row.update_time = now
@@ -635,7 +701,7 @@ class TrackerStore:
             return 0
         rows = [
             {"run_id": run_id, "key": k, "value": v, "value_num": _parse_number(v)}
-            for k, v in params.items()
+            for k, v in sorted(params.items())  # key order: see set_run_tags
         ]
         with self.db.write() as session:
             self._require_active(session, run_id)
@@ -676,7 +742,9 @@ class TrackerStore:
                     index_elements=[_run_tags.c.run_id, _run_tags.c.key],
                     set_={"value": statement.excluded.value},
                 ),
-                [{"run_id": run_id, "key": k, "value": v} for k, v in tags.items()],
+                # In key order, as every multi-row write: concurrent writers then lock the
+                # same rows in the same order and cannot deadlock (PostgreSQL).
+                [{"run_id": run_id, "key": k, "value": v} for k, v in sorted(tags.items())],
             )
 
     def delete_run_tag(self, run_id: str, key: str) -> None:
@@ -705,9 +773,10 @@ class TrackerStore:
     # ------------------------------------------------------------------ metrics
 
     def log_metrics(
-        self, run_id: str, batch_id: str, points: Sequence[MetricPointTuple]
+        self, run_id: str, batch_id: str, points: Sequence[MetricPointTuple], fingerprint: str
     ) -> tuple[int, bool]:
-        """Store a batch once: returns (points stored, whether the batch was a duplicate)."""
+        """Store a batch once: returns (points stored, whether the batch was a duplicate).
+        A batch id already stored with other points is INVALID_ARGUMENT, not a duplicate."""
         with self.db.write() as session:
             self._require_active(session, run_id)
             if batch_id:
@@ -720,12 +789,26 @@ class TrackerStore:
                         run_id=run_id,
                         batch_id=batch_id,
                         point_count=len(points),
+                        fingerprint=fingerprint,
                         create_time=now_ms(),
                     )
                     .on_conflict_do_nothing(index_elements=[_batches.c.run_id, _batches.c.batch_id])
                     .returning(_batches.c.batch_id)
                 ).first()
                 if claimed is None:
+                    stored = session.scalar(
+                        select(_batches.c.fingerprint).where(
+                            _batches.c.run_id == run_id, _batches.c.batch_id == batch_id
+                        )
+                    )
+                    if stored != fingerprint:
+                        raise InvalidArgument(
+                            f"batch_id {batch_id!r} was already used for other points of this "
+                            "run; use a new batch id for new points",
+                            field="batch_id",
+                            reason="BATCH_ID_REUSED",
+                            metadata={"batch_id": batch_id},
+                        )
                     return 0, True
             if not points:
                 return 0, False
@@ -786,7 +869,9 @@ class TrackerStore:
                     "step": s,
                     "timestamp": t,
                 }
-                for k, v, s, t in newest.values()
+                # Key order, not batch order: writers that upsert overlapping keys of one run
+                # then lock them in the same order and cannot deadlock (PostgreSQL).
+                for k, v, s, t in sorted(newest.values(), key=lambda point: point[0])
             ],
         )
 
@@ -953,48 +1038,123 @@ class TrackerStore:
     # ------------------------------------------------------------------ purge
 
     def plan_purge(self, deleted_before: int, experiment_ids: Sequence[str]) -> PurgePlan:
-        plan = PurgePlan()
+        """What `claim_purge` would claim now, without changing anything (a dry run)."""
+        runs_claimable, experiments_claimable = _purgeable(deleted_before, experiment_ids)
         with self.db.read() as session:
-            experiments = select(_experiments.c.experiment_id).where(
-                _experiments.c.lifecycle_state == "DELETED",
-                _experiments.c.delete_time <= deleted_before,
+            experiments = session.scalars(
+                select(_experiments.c.experiment_id)
+                .where(experiments_claimable)
+                .order_by(_experiments.c.experiment_id)
             )
-            runs = select(_runs.c.experiment_id, _runs.c.run_id).where(
-                or_(
-                    and_(
-                        _runs.c.lifecycle_state == "DELETED", _runs.c.delete_time <= deleted_before
-                    ),
-                    _runs.c.experiment_id.in_(experiments.scalar_subquery()),
-                )
+            runs = session.execute(
+                select(_runs.c.experiment_id, _runs.c.run_id)
+                .where(runs_claimable)
+                .order_by(_runs.c.run_id)
             )
-            if experiment_ids:
-                experiments = experiments.where(
-                    _experiments.c.experiment_id.in_(list(experiment_ids))
-                )
-                runs = runs.where(_runs.c.experiment_id.in_(list(experiment_ids)))
-            plan.experiment_ids = list(session.scalars(experiments))
-            plan.runs = [(e, r) for e, r in session.execute(runs.order_by(_runs.c.run_id))]
-        return plan
+            return PurgePlan(list(experiments), [(e, r) for e, r in runs])
 
-    def purge_run_rows(self, run_ids: Sequence[str]) -> None:
-        """Delete runs and everything hanging off them (metric points have no FK)."""
+    def claim_purge(self, deleted_before: int, experiment_ids: Sequence[str]) -> PurgePlan:
+        """Mark what is to be purged PURGING, atomically, and return it.
+
+        A run is claimed when it was DELETED at `deleted_before` or earlier, an experiment
+        when it is too and every run it owns is claimed with it. Rows a purge claimed but did
+        not finish (PURGING) are claimed again. From the claim on, nothing restores them, so
+        the artifacts of the claimed runs can go before their rows. Experiments are claimed
+        before runs: the order in which DeleteExperiment and RestoreExperiment lock them.
+        """
+        runs_claimable, experiments_claimable = _purgeable(deleted_before, experiment_ids)
         with self.db.write() as session:
-            for chunk in _chunks(list(run_ids), 500):
-                session.execute(delete(MetricRow).where(MetricRow.run_id.in_(chunk)))
-                session.execute(delete(RunRow).where(RunRow.run_id.in_(chunk)))
+            experiments = session.scalars(
+                update(_experiments)
+                .where(experiments_claimable)
+                .values(lifecycle_state="PURGING")
+                .returning(_experiments.c.experiment_id)
+            ).all()
+            runs = session.execute(
+                update(_runs)
+                .where(runs_claimable)
+                .values(lifecycle_state="PURGING")
+                .returning(_runs.c.experiment_id, _runs.c.run_id)
+            ).all()
+        return PurgePlan(sorted(experiments), sorted(((e, r) for e, r in runs), key=_second))
 
-    def purge_experiment_rows(self, experiment_ids: Sequence[str]) -> None:
+    def purge_run_rows(self, run_ids: Sequence[str]) -> list[str]:
+        """Delete claimed (PURGING) runs and everything hanging off them (metric points have
+        no FK); returns the ids of the runs deleted. One transaction per chunk: what is left
+        after an interruption stays PURGING, and the next purge claims it again."""
+        purged: list[str] = []
+        for chunk in _chunks(list(run_ids), 500):
+            with self.db.write() as session:
+                deleted = list(
+                    session.scalars(
+                        delete(_runs)
+                        .where(_runs.c.run_id.in_(chunk), _runs.c.lifecycle_state == "PURGING")
+                        .returning(_runs.c.run_id)
+                    )
+                )
+                if deleted:
+                    session.execute(delete(MetricRow).where(MetricRow.run_id.in_(deleted)))
+                purged.extend(deleted)
+        return sorted(purged)
+
+    def purge_experiment_rows(self, experiment_ids: Sequence[str]) -> list[str]:
+        """Delete claimed (PURGING) experiments that own no runs any more; returns their ids.
+        One that still owns runs (which its claim rules out) goes back to DELETED instead:
+        deleting it would cascade to runs whose artifacts were never freed."""
+        owns_runs = (
+            select(_runs.c.run_id)
+            .where(_runs.c.experiment_id == _experiments.c.experiment_id)
+            .exists()
+        )
+        purged: list[str] = []
         with self.db.write() as session:
             for chunk in _chunks(list(experiment_ids), 500):
-                remaining = session.scalar(
-                    select(func.count()).select_from(_runs).where(_runs.c.experiment_id.in_(chunk))
+                claimed = and_(
+                    _experiments.c.experiment_id.in_(chunk),
+                    _experiments.c.lifecycle_state == "PURGING",
                 )
-                if remaining:
-                    raise FailedPrecondition("experiments still own runs; purge the runs first")
-                session.execute(delete(ExperimentRow).where(ExperimentRow.experiment_id.in_(chunk)))
+                purged.extend(
+                    session.scalars(
+                        delete(_experiments)
+                        .where(claimed, ~owns_runs)
+                        .returning(_experiments.c.experiment_id)
+                    )
+                )
+                session.execute(
+                    update(_experiments).where(claimed).values(lifecycle_state="DELETED")
+                )
+        return sorted(purged)
 
 
 _LINEAGE_FIELDS = ("dataset_id", "dataset_name", "pipeline_id", "node_id", "job_id", "model_type")
+
+
+def _purgeable(deleted_before: int, experiment_ids: Sequence[str]) -> tuple[Any, Any]:
+    """WHERE clauses of the runs and of the experiments that a purge takes: the DELETED ones
+    deleted at `deleted_before` or earlier, and those an unfinished purge left PURGING. An
+    ACTIVE run never qualifies, and an experiment only with every run it owns."""
+
+    def claimable(table: Any) -> Any:
+        return or_(
+            and_(table.c.lifecycle_state == "DELETED", table.c.delete_time <= deleted_before),
+            table.c.lifecycle_state == "PURGING",
+        )
+
+    runs = claimable(_runs)
+    kept_run = (
+        select(_runs.c.run_id)
+        .where(_runs.c.experiment_id == _experiments.c.experiment_id, ~runs)
+        .exists()
+    )
+    experiments = and_(claimable(_experiments), ~kept_run)
+    if experiment_ids:
+        runs = and_(runs, _runs.c.experiment_id.in_(list(experiment_ids)))
+        experiments = and_(experiments, _experiments.c.experiment_id.in_(list(experiment_ids)))
+    return runs, experiments
+
+
+def _second(pair: tuple[str, str]) -> str:
+    return pair[1]
 
 
 def _step_range(column: Any, start: int | None, end: int | None) -> list[Any]:
