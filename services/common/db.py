@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, Table, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -130,6 +131,10 @@ class Database:
         """A transaction that commits when the block succeeds and rolls back otherwise."""
         with _translate_connection_errors(), self._writes() as session, session.begin():
             yield session
+
+    def insert(self, table: Table) -> Any:
+        """An INSERT that supports ON CONFLICT (upserts, idempotent claims) in this dialect."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -613,6 +613,11 @@ class TrackerService:
             sha256,
             overwrite=target.overwrite,
         )
+        if not self.artifacts.exists(key):
+            # A purge swept this content as an orphan between our check and our record: the
+            # record now references it again, so store it again.
+            content.seek(0)
+            self.artifacts.put(key, content, size)
         return convert.artifact_to_proto(row, resource)
 
     def open_download(self, run: str, path: str) -> tuple[artifact_pb2.Artifact, Iterator[bytes]]:
@@ -663,6 +668,8 @@ class TrackerService:
         if dry_run:
             plan = self.store.plan_purge(deleted_before, experiment_ids)
             freed = sum(self.artifacts.total_bytes(run_prefix(e, r)) for e, r in plan.runs)
+            orphans = self.store.claim_orphans(deleted_before, experiment_ids, dry_run=True)
+            freed += sum(size for *_, size in orphans)
             return PurgeResult(len(plan.experiment_ids), [r for _, r in plan.runs], freed)
         # Claim first (one transaction marks the rows PURGING, which nothing restores), so a
         # restore racing this purge either wins before the claim or is refused after it.
@@ -674,6 +681,12 @@ class TrackerService:
             freed += self.artifacts.delete_prefix(run_prefix(experiment_id, run_id))
         run_ids = self.store.purge_run_rows([run_id for _, run_id in plan.runs])
         purged_experiments = self.store.purge_experiment_rows(plan.experiment_ids)
+        # Content that overwrites left behind in live runs, once it has been unreferenced for
+        # longer than the cut-off (an upload in flight may still reuse fresher orphans).
+        for experiment_id, run_id, sha256, _size in self.store.claim_orphans(
+            deleted_before, experiment_ids, dry_run=False
+        ):
+            freed += self.artifacts.delete(blob_key(experiment_id, run_id, sha256))
         return PurgeResult(len(purged_experiments), run_ids, freed)
 
     def _token(self, position: list[object] | None, query_id: str) -> str:

@@ -263,3 +263,41 @@ def test_purge_rejects_bad_arguments(tracker: TrackerStub) -> None:
     )
     assert error_info(error).metadata["field"] == "experiment_ids"
     assert tracker.GetRun(pb.GetRunRequest(name=run.name)).run_id == run.run_id
+
+
+def test_content_replaced_by_an_overwrite_is_freed_by_purge(
+    tracker: TrackerStub, settings: Settings
+) -> None:
+    experiment = new_experiment(tracker)
+    run = new_run(tracker, experiment)
+    first, second, third = os.urandom(5000), os.urandom(7000), os.urandom(300)
+    upload(tracker, run.name, "checkpoint.pt", first)
+    upload(tracker, run.name, "checkpoint.pt", second, overwrite=True)
+    # The same content as the first upload, under another path: still referenced.
+    upload(tracker, run.name, "checkpoint.pt", third, overwrite=True)
+    upload(tracker, run.name, "best.pt", first)
+    assert sorted(files_under(run_dir(settings, run)).values()) == [300, 5000, 7000]
+
+    # Fresh orphans survive a purge with a cut-off; dry_run only reports.
+    assert purge(tracker, older_than_s=3600).freed_bytes == 0
+    assert purge(tracker, dry_run=True).freed_bytes == 7000
+    assert sorted(files_under(run_dir(settings, run)).values()) == [300, 5000, 7000]
+
+    response = purge(tracker)
+    assert response.freed_bytes == 7000  # only `second`: `first` is referenced by best.pt
+    assert list(response.purged_run_ids) == []
+    assert sorted(files_under(run_dir(settings, run)).values()) == [300, 5000]
+    assert download(tracker, run.name, "checkpoint.pt")[1] == third
+    assert download(tracker, run.name, "best.pt")[1] == first
+    assert purge(tracker).freed_bytes == 0  # nothing left to sweep
+
+
+def test_an_orphan_uploaded_again_is_kept(tracker: TrackerStub, settings: Settings) -> None:
+    experiment = new_experiment(tracker)
+    run = new_run(tracker, experiment)
+    old, new = os.urandom(4000), os.urandom(10)
+    upload(tracker, run.name, "model.bin", old)
+    upload(tracker, run.name, "model.bin", new, overwrite=True)
+    upload(tracker, run.name, "model.bin", old, overwrite=True)  # back to the first content
+    assert purge(tracker).freed_bytes == 10
+    assert download(tracker, run.name, "model.bin")[1] == old

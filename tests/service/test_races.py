@@ -14,9 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from sqlalchemy import exc, text
 
-from cairn.tracker.v1 import experiment_pb2, lifecycle_pb2, run_pb2
+from cairn.tracker.v1 import experiment_pb2, lifecycle_pb2, run_pb2, tracker_service_pb2_grpc
 from cairn.tracker.v1 import tracker_service_pb2 as pb
 from services.common.db import Database
 from services.common.errors import Aborted
@@ -24,6 +25,7 @@ from services.common.settings import Settings
 
 from cairn_testing import (
     PostgresDatabases,
+    ServerThread,
     TrackerStub,
     download,
     error_info,
@@ -430,3 +432,38 @@ def test_serialization_failures_are_aborted_too(postgres: PostgresDatabases) -> 
     finally:
         database.dispose()
         postgres.drop(url)
+
+
+def test_concurrent_tag_replacements_of_one_experiment_all_succeed(
+    tracker_server: ServerThread,
+) -> None:
+    with grpc.insecure_channel(tracker_server.address()) as channel:
+        stub = tracker_service_pb2_grpc.TrackerServiceStub(channel)
+        experiment = stub.CreateExperiment(
+            pb.CreateExperimentRequest(
+                experiment=experiment_pb2.Experiment(display_name="tag-race")
+            )
+        )
+    barrier = threading.Barrier(8)
+
+    def replace(index: int) -> None:
+        with grpc.insecure_channel(tracker_server.address()) as own:
+            own_stub = tracker_service_pb2_grpc.TrackerServiceStub(own)
+            barrier.wait()
+            own_stub.UpdateExperiment(
+                pb.UpdateExperimentRequest(
+                    experiment=experiment_pb2.Experiment(
+                        name=experiment.name, tags={"writer": str(index), "shared": "x"}
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["tags"]),
+                )
+            )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(replace, range(8)))  # any failure re-raises here
+    with grpc.insecure_channel(tracker_server.address()) as channel:
+        final = tracker_service_pb2_grpc.TrackerServiceStub(channel).GetExperiment(
+            pb.GetExperimentRequest(name=experiment.name)
+        )
+    assert set(final.tags) == {"writer", "shared"}
+    assert final.tags["writer"] in {str(i) for i in range(8)}

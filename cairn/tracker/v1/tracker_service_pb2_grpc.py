@@ -240,7 +240,9 @@ class TrackerServiceServicer:
 
     def PurgeDeleted(self, request, context):
         """Permanently removes experiments and runs that were deleted before a cut-off, with their
-        params, metrics, tags and artifact content. Frees the artifact storage.
+        params, metrics, tags and artifact content, and artifact content that overwrites left
+        unreferenced before the cut-off. Frees the artifact storage. A restore racing a purge
+        either wins or is FAILED_PRECONDITION (RUN_PURGING / EXPERIMENT_PURGING).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

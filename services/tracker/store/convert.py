@@ -14,6 +14,7 @@ from services.tracker.store.models import (
     LatestMetricRow,
     RunEnvironmentRow,
     RunRow,
+    StoredArtifact,
 )
 
 LIFECYCLE_TO_PROTO = {
@@ -141,7 +142,9 @@ def environment_from_proto(run_id: str, env: environment_pb2.Environment) -> Run
     )
 
 
-def artifact_to_proto(row: ArtifactRow, run_resource: str) -> artifact_pb2.Artifact:
+def artifact_to_proto(
+    row: ArtifactRow | StoredArtifact, run_resource: str
+) -> artifact_pb2.Artifact:
     message = artifact_pb2.Artifact(
         run=run_resource,
         path=row.path,

@@ -7,6 +7,7 @@ run deletes them explicitly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import (
@@ -226,6 +227,35 @@ class ArtifactRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[int] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """An artifact record as the service sees it (no ORM state attached)."""
+
+    path: str
+    artifact_type: str
+    size_bytes: int
+    sha256: str
+    create_time: int
+
+    @classmethod
+    def of(cls, row: ArtifactRow) -> StoredArtifact:
+        return cls(row.path, row.artifact_type, row.size_bytes, row.sha256, row.create_time)
+
+
+class ArtifactOrphanRow(Base):
+    """Content an overwrite left unreferenced. Purging sweeps it once it is older than the
+    purge's cut-off and still unreferenced (an upload may be about to reuse it)."""
+
+    __tablename__ = "artifact_orphans"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    orphan_time: Mapped[int] = mapped_column(BigInteger)
 
 
 class ModelVersionCounterRow(Base):

@@ -25,7 +25,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,9 +33,11 @@ from cairn.tracker.v1 import experiment_pb2, metric_pb2, run_pb2
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.filtering import Node, OrderKey
+from services.common.sqlfilter import keyset_after, order_clauses, select_sort_values
 from services.common.timeutil import now_ms
 from services.tracker.store import convert
 from services.tracker.store.models import (
+    ArtifactOrphanRow,
     ArtifactRow,
     ExperimentRow,
     ExperimentTagRow,
@@ -48,6 +49,7 @@ from services.tracker.store.models import (
     RunEnvironmentRow,
     RunRow,
     RunTagRow,
+    StoredArtifact,
     table_of,
 )
 from services.tracker.store.search import (
@@ -55,9 +57,6 @@ from services.tracker.store.search import (
     apply_run_order,
     compile_experiment_filter,
     compile_run_filter,
-    keyset_after,
-    order_clauses,
-    select_sort_values,
 )
 
 Lifecycle = Literal["ACTIVE", "DELETED", "ALL"]
@@ -337,7 +336,8 @@ class TrackerStore:
     ) -> experiment_pb2.Experiment:
         try:
             with self.db.write() as session:
-                row = session.get(ExperimentRow, experiment_id)
+                # Locked: concurrent updates replace the tags one after the other.
+                row = session.get(ExperimentRow, experiment_id, with_for_update=True)
                 if row is None:
                     raise NotFound(
                         f"experiment {experiment_id!r} not found", reason="EXPERIMENT_NOT_FOUND"
@@ -509,9 +509,8 @@ class TrackerStore:
         """Upsert-and-increment: the counter row's lock serializes concurrent creators, and
         the increment rolls back with a failed creation, so numbers stay gap-free."""
         table = table_of(ModelVersionCounterRow)
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         statement = (
-            dialect_insert(table)
+            self.db.insert(table)
             .values(dataset_id=dataset_id, model_type=model_type, last_version=1)
             .on_conflict_do_update(
                 index_elements=[table.c.dataset_id, table.c.model_type],
@@ -705,10 +704,9 @@ class TrackerStore:
         ]
         with self.db.write() as session:
             self._require_active(session, run_id)
-            dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
             inserted = set(
                 session.scalars(
-                    dialect_insert(_params)
+                    self.db.insert(_params)
                     .on_conflict_do_nothing(index_elements=[_params.c.run_id, _params.c.key])
                     .returning(_params.c.key),
                     rows,
@@ -735,8 +733,7 @@ class TrackerStore:
             self._require_active(session, run_id)
             if not tags:
                 return
-            dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-            statement = dialect_insert(_run_tags)
+            statement = self.db.insert(_run_tags)
             session.execute(
                 statement.on_conflict_do_update(
                     index_elements=[_run_tags.c.run_id, _run_tags.c.key],
@@ -780,11 +777,8 @@ class TrackerStore:
         with self.db.write() as session:
             self._require_active(session, run_id)
             if batch_id:
-                dialect_insert = (
-                    postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-                )
                 claimed = session.execute(
-                    dialect_insert(_batches)
+                    self.db.insert(_batches)
                     .values(
                         run_id=run_id,
                         batch_id=batch_id,
@@ -848,8 +842,7 @@ class TrackerStore:
             best = newest.get(key)
             if best is None or (step, timestamp) >= (best[2], best[3]):
                 newest[key] = point
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        statement = dialect_insert(_latest)
+        statement = self.db.insert(_latest)
         excluded = statement.excluded
         statement = statement.on_conflict_do_update(
             index_elements=[_latest.c.run_id, _latest.c.key],
@@ -978,9 +971,10 @@ class TrackerStore:
 
     # ------------------------------------------------------------------ artifacts
 
-    def get_artifact(self, run_id: str, path: str) -> ArtifactRow | None:
+    def get_artifact(self, run_id: str, path: str) -> StoredArtifact | None:
         with self.db.read() as session:
-            return session.get(ArtifactRow, (run_id, path))
+            row = session.get(ArtifactRow, (run_id, path))
+            return StoredArtifact.of(row) if row is not None else None
 
     def save_artifact(
         self,
@@ -991,19 +985,21 @@ class TrackerStore:
         sha256: str,
         *,
         overwrite: bool,
-    ) -> ArtifactRow:
+    ) -> StoredArtifact:
         """Record path -> content, deciding against the row as it is in this transaction, so
         that racing uploads behave as if they came one after the other: the same content
-        returns the stored artifact, other content is ALREADY_EXISTS unless `overwrite`."""
+        returns the stored artifact, other content is ALREADY_EXISTS unless `overwrite`.
+        Content an overwrite leaves unreferenced is recorded as an orphan for purge to free."""
         for attempt in (1, 2):
             try:
                 with self.db.write() as session:
                     self._require_active(session, run_id)
                     row = session.get(ArtifactRow, (run_id, path), with_for_update=True)
                     if row is not None and row.sha256 == sha256:
-                        return row
+                        return StoredArtifact.of(row)
                     if row is not None and not overwrite:
                         raise artifact_exists_error(path, row.sha256, sha256)
+                    replaced = (row.sha256, row.size_bytes) if row is not None else None
                     if row is None:
                         row = ArtifactRow(run_id=run_id, path=path)
                         session.add(row)
@@ -1011,16 +1007,47 @@ class TrackerStore:
                     row.size_bytes = size
                     row.sha256 = sha256
                     row.create_time = now_ms()
-                return row
+                    session.flush()
+                    # Referenced again: no longer an orphan.
+                    session.execute(
+                        delete(ArtifactOrphanRow).where(
+                            ArtifactOrphanRow.run_id == run_id, ArtifactOrphanRow.sha256 == sha256
+                        )
+                    )
+                    if replaced is not None and not self._blob_referenced(
+                        session, run_id, replaced[0]
+                    ):
+                        session.execute(
+                            self.db.insert(table_of(ArtifactOrphanRow))
+                            .values(
+                                run_id=run_id,
+                                sha256=replaced[0],
+                                size_bytes=replaced[1],
+                                orphan_time=now_ms(),
+                            )
+                            .on_conflict_do_nothing()
+                        )
+                    return StoredArtifact.of(row)
             except IntegrityError:
                 # A concurrent upload inserted the path first: decide again against its row.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _blob_referenced(session: Session, run_id: str, sha256: str) -> bool:
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(_artifacts)
+                .where(_artifacts.c.run_id == run_id, _artifacts.c.sha256 == sha256)
+            )
+            or 0
+        ) > 0
+
     def list_artifacts(
         self, run_id: str, prefix: str, page_size: int, after: str | None
-    ) -> tuple[list[ArtifactRow], str | None]:
+    ) -> tuple[list[StoredArtifact], str | None]:
         statement = (
             select(ArtifactRow).where(ArtifactRow.run_id == run_id).order_by(ArtifactRow.path)
         )
@@ -1030,10 +1057,39 @@ class TrackerStore:
             statement = statement.where(ArtifactRow.path > after)
         with self.db.read() as session:
             self.run_state(run_id, session)
-            rows = list(session.scalars(statement.limit(page_size + 1)))
+            rows = [StoredArtifact.of(r) for r in session.scalars(statement.limit(page_size + 1))]
         more = len(rows) > page_size
         rows = rows[:page_size]
         return rows, (rows[-1].path if more and rows else None)
+
+    def claim_orphans(
+        self, orphaned_before: int, experiment_ids: Sequence[str], dry_run: bool
+    ) -> list[tuple[str, str, str, int]]:
+        """Orphaned content older than the cut-off and still unreferenced, as
+        (experiment_id, run_id, sha256, size); unless dry_run, their records are removed in
+        the same transaction (the caller then deletes the content)."""
+        orphans = table_of(ArtifactOrphanRow)
+        statement = (
+            select(_runs.c.experiment_id, orphans.c.run_id, orphans.c.sha256, orphans.c.size_bytes)
+            .join(_runs, _runs.c.run_id == orphans.c.run_id)
+            .where(orphans.c.orphan_time <= orphaned_before)
+            .order_by(orphans.c.run_id, orphans.c.sha256)
+        )
+        if experiment_ids:
+            statement = statement.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+        session_scope = self.db.read() if dry_run else self.db.write()
+        with session_scope as session:
+            claimed = []
+            for experiment_id, run_id, sha256, size in session.execute(statement).all():
+                if not dry_run:
+                    session.execute(
+                        delete(ArtifactOrphanRow).where(
+                            ArtifactOrphanRow.run_id == run_id, ArtifactOrphanRow.sha256 == sha256
+                        )
+                    )
+                if not self._blob_referenced(session, run_id, sha256):
+                    claimed.append((experiment_id, run_id, sha256, int(size)))
+        return claimed
 
     # ------------------------------------------------------------------ purge
 

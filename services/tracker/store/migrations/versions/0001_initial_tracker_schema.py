@@ -148,6 +148,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "path", name=op.f("pk_artifacts")),
     )
     op.create_table(
+        "artifact_orphans",
+        sa.Column("run_id", sa.String(length=32), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("orphan_time", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id"],
+            ["runs.run_id"],
+            name=op.f("fk_artifact_orphans_run_id_runs"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("run_id", "sha256", name=op.f("pk_artifact_orphans")),
+    )
+    op.create_table(
         "latest_metrics",
         sa.Column("run_id", sa.String(length=32), nullable=False),
         sa.Column("key", sa.String(length=250), nullable=False),
@@ -247,6 +261,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_latest_metrics_key_value"))
 
     op.drop_table("latest_metrics")
+    op.drop_table("artifact_orphans")
     op.drop_table("artifacts")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index(
