@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from services.common.server import (
     GrpcService,
+    Runnable,
     ServiceSpec,
     serve_until_signal,
     start_metrics_endpoint,
@@ -23,18 +24,37 @@ log = logging.getLogger(__name__)
 
 SpecBuilder = Callable[[Settings], ServiceSpec]
 
-# Every gRPC service that exists, in start order.
-SERVICES: dict[str, SpecBuilder] = {"tracker": tracker_app.build_spec}
+# The gRPC services that exist, in start order; the gateway starts after them.
+GRPC_SERVICES: dict[str, SpecBuilder] = {"tracker": tracker_app.build_spec}
+SERVICES: tuple[ServiceName, ...] = ("tracker", "gateway")
 MIGRATORS: dict[str, Callable[[Settings], None]] = {"tracker": tracker_app.migrate}
 
 
-def build_servers(settings: Settings, names: Sequence[str]) -> list[GrpcService]:
-    servers = []
-    for name in names:
-        builder = SERVICES[name]
-        port = settings.grpc_port(name)  # type: ignore[arg-type]
-        servers.append(GrpcService(builder(settings), settings, host=settings.host, port=port))
-    return servers
+def build_service(
+    settings: Settings, name: str, *, host: str | None = None, port: int | None = None
+) -> Runnable:
+    """One service, bound to host:port (default: its CAIRN_* setting; 0 = ephemeral)."""
+    bind = host if host is not None else settings.host
+    if name == "gateway":
+        from services.gateway.app import create_app
+        from services.gateway.server import HttpService
+
+        holder: list[HttpService] = []
+        app = create_app(settings, is_draining=lambda: bool(holder) and holder[0].draining)
+        service = HttpService(
+            "gateway",
+            app,
+            host=bind,
+            port=settings.gateway_port if port is None else port,
+            grace=settings.shutdown_grace_seconds,
+        )
+        holder.append(service)
+        return service
+    if name not in GRPC_SERVICES:
+        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICES)}")
+    spec = GRPC_SERVICES[name](settings)
+    grpc_port = settings.grpc_port(name) if port is None else port  # type: ignore[arg-type]
+    return GrpcService(spec, settings, host=bind, port=grpc_port)
 
 
 def serve(
@@ -47,14 +67,21 @@ def serve(
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         raise ValueError(f"unknown services: {', '.join(unknown)}; known: {', '.join(SERVICES)}")
-    # One process-wide Prometheus registry: the first service's metrics port serves it all.
-    stop_metrics = start_metrics_endpoint(
-        settings.metrics_host or settings.host, settings.metrics_port(names[0])
+    ordered = [n for n in SERVICES if n in names]
+    # One process-wide Prometheus registry: the first gRPC service's metrics port serves it
+    # all (the gateway also serves it on its own /metrics).
+    grpc_names = [n for n in ordered if n in GRPC_SERVICES]
+    stop_metrics = (
+        start_metrics_endpoint(
+            settings.metrics_host or settings.host, settings.metrics_port(grpc_names[0])
+        )
+        if grpc_names
+        else None
     )
     try:
         asyncio.run(
             serve_until_signal(
-                build_servers(settings, names),
+                [build_service(settings, name) for name in ordered],
                 drain_delay=settings.drain_delay_seconds,
                 ready=ready,
             )

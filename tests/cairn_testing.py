@@ -34,9 +34,9 @@ from cairn.tracker.v1 import (
     tracker_service_pb2_grpc,
 )
 from services.common.db import Database
-from services.common.server import GrpcService
+from services.common.server import Runnable
 from services.common.settings import Settings, load_settings
-from services.embedded import MIGRATORS, SERVICES
+from services.embedded import MIGRATORS, build_service
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CAIRN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -53,15 +53,19 @@ class ServerThread:
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="test-server", daemon=True
         )
-        self.services: dict[str, GrpcService] = {}
+        self.services: dict[str, Runnable] = {}
 
     def start(self) -> ServerThread:
         self.thread.start()
+        settings = self.settings
         for name in self.names:
-            port = self.settings.grpc_port(name)  # type: ignore[arg-type]  # tests: 0, ephemeral
-            service = GrpcService(
-                SERVICES[name](self.settings), self.settings, host="127.0.0.1", port=port
-            )
+            if name == "gateway" and "tracker" in self.services:
+                # Backends listen on ephemeral ports: point the gateway at the real ones.
+                settings = settings.model_copy(
+                    update={"tracker_address": self.services["tracker"].address}
+                )
+            # The settings say which port (0 in tests: an ephemeral one).
+            service = build_service(settings, name, host="127.0.0.1")
             self.call(service.start())
             self.services[name] = service
         return self
@@ -88,6 +92,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "artifact_root": str(data_dir / "artifacts"),
         "tracker_port": 0,
         "tracker_metrics_port": 0,
+        "gateway_port": 0,
         "worker_threads": 8,
         "shutdown_grace_seconds": 0,
         "page_token_secret": "test-secret",

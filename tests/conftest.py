@@ -70,3 +70,17 @@ def tracker_channel(tracker_server: ServerThread) -> Iterator[grpc.Channel]:
 def tracker(tracker_channel: grpc.Channel) -> tracker_service_pb2_grpc.TrackerServiceStub:
     """A real gRPC stub for the tracker on loopback."""
     return tracker_service_pb2_grpc.TrackerServiceStub(tracker_channel)
+
+
+@pytest.fixture
+def gateway_server(settings: Settings) -> Iterator[ServerThread]:
+    """A tracker and the REST gateway in front of it, on ephemeral loopback ports."""
+    server = ServerThread(settings, ("tracker", "gateway")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway_url(gateway_server: ServerThread) -> str:
+    """Base URL of the gateway, e.g. http://127.0.0.1:41234 (no trailing slash)."""
+    return f"http://{gateway_server.address('gateway')}"

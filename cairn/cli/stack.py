@@ -228,7 +228,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
         )
         return
     from services.common.logs import configure_logging
-    from services.embedded import SERVICES, serve
+    from services.embedded import MIGRATORS, SERVICES, serve
 
     configure_logging(settings.log_level, settings.log_format)
     directory.mkdir(parents=True, exist_ok=True)
@@ -240,15 +240,16 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
         metrics_host = settings.metrics_host or settings.host
         database = display_url(settings.database_url_for("tracker"))
         console.print(
-            f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}"
+            f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}, "
+            f"REST gateway http://{settings.host}:{settings.gateway_port} (docs at /docs)"
             + (f", metrics http://{metrics_host}:{metrics}/metrics" if metrics else "")
             + f"\n  data: {directory}  (database {database})"
             + "\n  Ctrl-C to stop."
         )
 
     try:
-        with startup_errors(settings.database_url_for(n) for n in SERVICES):  # type: ignore[arg-type]
-            serve(settings, list(SERVICES), ready=ready)  # type: ignore[arg-type]
+        with startup_errors(settings.database_url_for(n) for n in MIGRATORS):  # type: ignore[arg-type]
+            serve(settings, list(SERVICES), ready=ready)
     finally:
         if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()
@@ -266,7 +267,7 @@ def down(data_dir: Path | None) -> None:
 
 
 @click.command()
-@click.argument("service", type=click.Choice(["tracker"]))
+@click.argument("service", type=click.Choice(["tracker", "gateway"]))
 def serve(service: str) -> None:
     """Run one service (the container command on Kubernetes). Configured by CAIRN_* vars."""
     from services.common.logs import configure_logging

@@ -7,6 +7,7 @@ of cross-cutting concerns.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
 import logging
@@ -124,6 +125,15 @@ async def _iterate(behavior: Behavior, request: Any, context: Context) -> AsyncI
         await result
 
 
+def final_code_name(context: Context) -> str:
+    """The status a finished call ended with. A cancelled call is only asked whether it was
+    cancelled: grpcio can crash when a cancelled call is asked for more."""
+    if context.cancelled():
+        return "CANCELLED"
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
 class _WrappingInterceptor(ServerInterceptor):
     """Base: subclasses implement `before`/`after` hooks around every call."""
 
@@ -150,17 +160,17 @@ class RequestContextInterceptor(_WrappingInterceptor):
         quiet = method.startswith(HEALTH_SERVICE_PREFIX)
         incoming = dict(details.invocation_metadata or ())
 
-        def begin(context: Context) -> tuple[contextvars.Token[str], float]:
+        def begin(context: Context) -> tuple[contextvars.Token[str], float, str]:
             supplied = str(incoming.get(REQUEST_ID_KEY, ""))[:MAX_REQUEST_ID_LENGTH]
             rid = supplied if supplied.isprintable() and supplied else uuid.uuid4().hex
             token = request_id_var.set(rid)
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-            return token, time.perf_counter()
+            # Read the peer now: asking a cancelled call for it can crash grpcio.
+            return token, time.perf_counter(), str(context.peer())
 
-        def end(context: Context, token: contextvars.Token[str], started: float) -> None:
+        def end(context: Context, token: contextvars.Token[str], started: float, peer: str) -> None:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            code = context.code()
-            code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            code_name = final_code_name(context)
             if not quiet or code_name != "OK":
                 level = (
                     logging.WARNING
@@ -172,24 +182,26 @@ class RequestContextInterceptor(_WrappingInterceptor):
                     "rpc %s %s",
                     method,
                     code_name,
-                    extra={"duration_ms": round(elapsed_ms, 2), "peer": context.peer()},
+                    extra={"duration_ms": round(elapsed_ms, 2), "peer": peer},
                 )
-            request_id_var.reset(token)
+            # A cancelled stream is finalized from another context: then there is nothing to undo.
+            with contextlib.suppress(ValueError):
+                request_id_var.reset(token)
 
         async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
-            token, started = begin(context)
+            token, started, peer = begin(context)
             try:
                 return await behavior(request, context)
             finally:
-                end(context, token, started)
+                end(context, token, started, peer)
 
         async def stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
-            token, started = begin(context)
+            token, started, peer = begin(context)
             try:
                 async for item in _iterate(behavior, request, context):
                     yield item
             finally:
-                end(context, token, started)
+                end(context, token, started, peer)
 
         return wrap_handler(handler, unary, stream)
 
@@ -205,9 +217,7 @@ class MetricsInterceptor(_WrappingInterceptor):
 
         def finish(context: Context, began: float) -> None:
             latency.observe(time.perf_counter() - began)
-            code = context.code()
-            code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
-            HANDLED.labels(service, method, kind, code_name).inc()
+            HANDLED.labels(service, method, kind, final_code_name(context)).inc()
 
         async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
             started.inc()

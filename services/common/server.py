@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -28,6 +28,21 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class Runnable(Protocol):
+    """What serve_until_signal runs: a gRPC service or the HTTP gateway."""
+
+    name: str
+
+    @property
+    def address(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def mark_not_serving(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
 
 
 @dataclass
@@ -48,6 +63,7 @@ class GrpcService:
 
     def __init__(self, spec: ServiceSpec, settings: Settings, *, host: str, port: int) -> None:
         self.spec = spec
+        self.name = spec.name
         self.settings = settings
         self.host = host
         self.requested_port = port
@@ -122,7 +138,7 @@ def start_metrics_endpoint(host: str, port: int) -> Callable[[], None] | None:
 
 
 async def serve_until_signal(
-    services: Sequence[GrpcService],
+    services: Sequence[Runnable],
     *,
     drain_delay: float = 0.0,
     extra_stops: Sequence[Hook] = (),
@@ -133,7 +149,7 @@ async def serve_until_signal(
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    started: list[GrpcService] = []
+    started: list[Runnable] = []
     try:
         for service in services:
             await service.start()

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     tracker_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["tracker"], ge=0, le=65535)
     metrics_host: str | None = None
 
+    # The REST/JSON gateway (`cairn up` runs it; `cairn serve gateway` alone). It serves its
+    # own /metrics on this port.
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    # Where the gateway reaches each backend; default: this host's own service port.
+    tracker_address: str | None = None
+    # Deadline of every backend call the gateway makes: an unavailable backend is a 503 after
+    # at most this long, never a hang.
+    gateway_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Comma-separated origins allowed by CORS ("*" for any); empty disables CORS headers.
+    gateway_cors_origins: str = ""
+
     # Comma-separated bearer tokens accepted by every server; empty = no auth (loopback only).
     auth_tokens: str = ""
     # HMAC key for page tokens. Unset: a random key per process (tokens then do not survive a
@@ -109,6 +120,14 @@ class Settings(BaseSettings):
 
     def grpc_port(self, service: ServiceName) -> int:
         return int(getattr(self, f"{service}_port"))
+
+    def backend_address(self, service: ServiceName) -> str:
+        """host:port where clients (the gateway) reach a gRPC service."""
+        configured = getattr(self, f"{service}_address", None)
+        if configured:
+            return str(configured)
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.grpc_port(service)}"
 
     def metrics_port(self, service: ServiceName) -> int:
         return int(getattr(self, f"{service}_metrics_port"))

@@ -7,9 +7,12 @@ errors are mapped to statuses by the shared interceptor, never here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from google.protobuf import empty_pb2
 
@@ -23,7 +26,7 @@ from cairn.tracker.v1 import (
     tracker_service_pb2 as pb,
 )
 from services.common.concurrency import BlockingRunner
-from services.common.errors import InvalidArgument
+from services.common.errors import CairnError, InvalidArgument
 from services.common.rpc import Context
 from services.tracker.service import TrackerService
 
@@ -182,8 +185,9 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
             response.stored_point_count += stored
             response.duplicate_batch_count += int(duplicate)
 
+        stream = aiter(request_iterator)
         try:
-            async for message in request_iterator:
+            async for message in stream:
                 if pending is not None:
                     account(await pending)
                 pending = asyncio.ensure_future(
@@ -194,6 +198,9 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
             if pending is not None:
                 account(await pending)
                 pending = None
+        except CairnError:
+            await _drain(stream)
+            raise
         finally:
             if pending is not None and not pending.done():
                 # The client went away mid-stream: let the write finish (it is idempotent
@@ -241,6 +248,15 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         context: Context,
     ) -> artifact_pb2.Artifact:
         messages = aiter(request_iterator)
+        try:
+            return await self._upload(messages)
+        except CairnError:
+            await _drain(messages)
+            raise
+
+    async def _upload(
+        self, messages: AsyncIterator[pb.UploadArtifactRequest]
+    ) -> artifact_pb2.Artifact:
         first = await anext(messages, None)
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidArgument(
@@ -279,17 +295,18 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         self, request: pb.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[pb.DownloadArtifactResponse]:
         artifact, chunks = await self.run(self.service.open_download, request.run, request.path)
+        reader = _ChunkReader(chunks)
         yield pb.DownloadArtifactResponse(artifact=artifact)
         try:
             while True:
-                chunk = await self.run(_next_chunk, chunks)
+                chunk = await self.run(reader.next_chunk)
                 if chunk is None:
                     break
                 yield pb.DownloadArtifactResponse(chunk=chunk)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                await self.run(close)
+            # On cancellation a worker thread may still be inside next_chunk: close() waits
+            # for it instead of closing a generator that is running.
+            await self.run(reader.close)
 
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: Context
@@ -304,5 +321,42 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         return pb.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
 
-def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
-    return next(chunks, None)
+# How much of a rejected client stream is still read before the error is returned: see
+# _drained_on_rejection.
+DRAIN_LIMIT_BYTES = 256 << 20
+DRAIN_LIMIT_SECONDS = 10.0
+
+
+async def _drain(stream: AsyncIterator[Any]) -> None:
+    """Read (and drop) what a rejected client stream still sends, within limits.
+
+    A client still writing when the server answers early can lose the real status: grpcio's
+    aio client then reports INTERNAL "Internal error from Core" instead (grpc/grpc#36066).
+    Draining first lets the client finish writing before it reads the answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_LIMIT_SECONDS
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout_at(deadline):
+            async for message in stream:
+                drained += message.ByteSize()
+                if drained > DRAIN_LIMIT_BYTES:
+                    return
+
+
+class _ChunkReader:
+    """Reads an artifact's chunks from worker threads, one call at a time."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._lock = threading.Lock()
+
+    def next_chunk(self) -> bytes | None:
+        with self._lock:
+            return next(self._chunks, None)
+
+    def close(self) -> None:
+        with self._lock:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()

@@ -32,7 +32,13 @@ def _free_port() -> int:
 def _env(**values: str) -> dict[str, str]:
     """This process's environment without any CAIRN_* setting, plus `values`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    return {**env, "CAIRN_TRACKER_METRICS_PORT": "0", **values}
+    # The gateway gets its own free port: 8080 may be taken on a developer's machine.
+    return {
+        **env,
+        "CAIRN_TRACKER_METRICS_PORT": "0",
+        "CAIRN_GATEWAY_PORT": str(_free_port()),
+        **values,
+    }
 
 
 def cairn(

@@ -488,3 +488,16 @@ def test_concurrent_uploads_of_different_content_to_one_path(
         artifact, content = download(TrackerStub(channel), run.name, "model.bin")
     assert content == winners[0]
     assert artifact.sha256 == sha256_hex(winners[0])
+
+
+def test_cancelled_downloads_never_take_the_server_down(tracker: TrackerStub) -> None:
+    # Regression: finishing a cancelled stream asked grpcio for the call's peer, which could
+    # crash the whole server process, and closed a chunk reader a worker thread was using.
+    run = new_run(tracker, new_experiment(tracker))
+    content = os.urandom(5 * MiB)
+    upload(tracker, run.name, "big.bin", content)
+    for _ in range(25):
+        call = tracker.DownloadArtifact(pb.DownloadArtifactRequest(run=run.name, path="big.bin"))
+        next(call)  # the artifact header: the server is now streaming chunks
+        call.cancel()
+    assert download(tracker, run.name, "big.bin")[1] == content
