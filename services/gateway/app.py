@@ -12,12 +12,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from services.common.settings import Settings
 from services.gateway.backends import Backends
 from services.gateway.bindings import all_bindings, registered_services
+from services.gateway.errors import JSONLineResponse
 
 HTTP_REQUESTS = Counter(
     "cairn_gateway_requests_total",
@@ -46,7 +47,7 @@ def create_app(settings: Settings, *, is_draining: Callable[[], bool] = lambda: 
         body = {"status": "SERVING" if healthy else "NOT_SERVING", "backends": report}
         if is_draining():
             body["gateway"] = "DRAINING"
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        return JSONLineResponse(body, status_code=200 if healthy else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

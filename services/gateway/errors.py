@@ -140,13 +140,20 @@ def status_json(status: status_pb2.Status) -> dict[str, object]:
         return json_format.MessageToDict(trimmed)
 
 
+class JSONLineResponse(JSONResponse):
+    """JSON ending in a newline, so shell users (curl) get one document per line."""
+
+    def render(self, content: object) -> bytes:
+        return super().render(content) + b"\n"
+
+
 def error_response(
     status: status_pb2.Status,
     request_id: str | None = None,
     *,
     http_status_code: int | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> JSONLineResponse:
     """The HTTP response for a google.rpc.Status: its proto3 JSON as the body, the HTTP status
     of its code (or `http_status_code`, for 405/413/415 which no code maps to) and the request
     id echoed in X-Request-Id."""
@@ -156,7 +163,7 @@ def error_response(
         status = _with_request_id(status, request_id)
     if status.code == code_pb2.UNAUTHENTICATED:
         response_headers.setdefault("WWW-Authenticate", 'Bearer realm="cairn"')
-    return JSONResponse(
+    return JSONLineResponse(
         status_json(status),
         status_code=http_status_code or http_status(status.code),
         headers=response_headers,

@@ -817,7 +817,7 @@ class CompiledBinding:
             raise
         request_id = _trailing_request_id(await call.trailing_metadata(), context.request_id)
         return Response(
-            _dumps(self._response_json(response)),
+            _dumps(self._response_json(response)) + "\n",
             media_type=JSON_TYPE,
             headers={REQUEST_ID_HEADER: request_id},
         )
