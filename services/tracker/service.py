@@ -269,6 +269,14 @@ class TrackerService:
             tags=dict(experiment.tags) if "tags" in fields else None,
         )
 
+    def set_experiment_tags(self, experiment: str, tags: Mapping[str, str]) -> None:
+        _check_entries(tags, "tags", MAX_TAG_VALUE_LENGTH)
+        self.store.set_experiment_tags(parse_experiment_name(experiment, "experiment"), tags)
+
+    def delete_experiment_tag(self, experiment: str, key: str) -> None:
+        _check_key(key, "key")
+        self.store.delete_experiment_tag(parse_experiment_name(experiment, "experiment"), key)
+
     def delete_experiment(self, name: str) -> None:
         self.store.set_experiment_deleted(parse_experiment_name(name), True)
 

@@ -89,6 +89,18 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     ) -> experiment_pb2.Experiment:
         return await self.run(self.service.restore_experiment, request.name)
 
+    async def SetExperimentTags(
+        self, request: pb.SetExperimentTagsRequest, context: Context
+    ) -> pb.SetExperimentTagsResponse:
+        await self.run(self.service.set_experiment_tags, request.experiment, dict(request.tags))
+        return pb.SetExperimentTagsResponse()
+
+    async def DeleteExperimentTag(
+        self, request: pb.DeleteExperimentTagRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.run(self.service.delete_experiment_tag, request.experiment, request.key)
+        return empty_pb2.Empty()
+
     async def PurgeDeleted(
         self, request: pb.PurgeDeletedRequest, context: Context
     ) -> pb.PurgeDeletedResponse:

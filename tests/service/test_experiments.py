@@ -569,3 +569,58 @@ def test_concurrent_retries_with_one_request_id_create_one_experiment(
     with grpc.insecure_channel(tracker_server.address()) as channel:
         stub = tracker_service_pb2_grpc.TrackerServiceStub(channel)
         assert list_names(stub, lifecycle_filter=lifecycle_pb2.LIFECYCLE_FILTER_ALL) == ["raced"]
+
+
+def test_experiment_tags_are_set_and_deleted_one_key_at_a_time(tracker: TrackerStub) -> None:
+    experiment = tracker.CreateExperiment(
+        pb.CreateExperimentRequest(
+            experiment=experiment_pb2.Experiment(display_name="tags-by-key", tags={"a": "1"})
+        )
+    )
+    tracker.SetExperimentTags(
+        pb.SetExperimentTagsRequest(experiment=experiment.name, tags={"b": "2"})
+    )
+    tracker.SetExperimentTags(
+        pb.SetExperimentTagsRequest(experiment=experiment.name, tags={"a": "9"})
+    )
+    tracker.DeleteExperimentTag(pb.DeleteExperimentTagRequest(experiment=experiment.name, key="b"))
+    fetched = tracker.GetExperiment(pb.GetExperimentRequest(name=experiment.name))
+    assert dict(fetched.tags) == {"a": "9"}
+    error = expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        tracker.DeleteExperimentTag,
+        pb.DeleteExperimentTagRequest(experiment=experiment.name, key="b"),
+    )
+    assert error_info(error).reason == "TAG_NOT_FOUND"
+    tracker.DeleteExperiment(pb.DeleteExperimentRequest(name=experiment.name))
+    expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        tracker.SetExperimentTags,
+        pb.SetExperimentTagsRequest(experiment=experiment.name, tags={"c": "3"}),
+    )
+
+
+def test_concurrent_experiment_tag_writers_lose_nothing(tracker_server: ServerThread) -> None:
+    with grpc.insecure_channel(tracker_server.address()) as channel:
+        experiment = tracker_service_pb2_grpc.TrackerServiceStub(channel).CreateExperiment(
+            pb.CreateExperimentRequest(
+                experiment=experiment_pb2.Experiment(display_name="tag-writers")
+            )
+        )
+    barrier = threading.Barrier(20)
+
+    def tag(index: int) -> None:
+        with grpc.insecure_channel(tracker_server.address()) as own:
+            stub = tracker_service_pb2_grpc.TrackerServiceStub(own)
+            barrier.wait()
+            stub.SetExperimentTags(
+                pb.SetExperimentTagsRequest(experiment=experiment.name, tags={f"k{index}": "v"})
+            )
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(tag, range(20)))
+    with grpc.insecure_channel(tracker_server.address()) as channel:
+        final = tracker_service_pb2_grpc.TrackerServiceStub(channel).GetExperiment(
+            pb.GetExperimentRequest(name=experiment.name)
+        )
+    assert set(final.tags) == {f"k{i}" for i in range(20)}

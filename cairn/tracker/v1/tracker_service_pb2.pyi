@@ -81,6 +81,33 @@ class RestoreExperimentRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class SetExperimentTagsRequest(_message.Message):
+    __slots__ = ("experiment", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, experiment: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SetExperimentTagsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteExperimentTagRequest(_message.Message):
+    __slots__ = ("experiment", "key")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    key: str
+    def __init__(self, experiment: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
 class PurgeDeletedRequest(_message.Message):
     __slots__ = ("older_than", "experiment_ids", "dry_run")
     OLDER_THAN_FIELD_NUMBER: _ClassVar[int]

@@ -85,6 +85,16 @@ class TrackerServiceStub:
                 request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.RestoreExperimentRequest.SerializeToString,
                 response_deserializer=cairn_dot_tracker_dot_v1_dot_experiment__pb2.Experiment.FromString,
                 _registered_method=True)
+        self.SetExperimentTags = channel.unary_unary(
+                '/cairn.tracker.v1.TrackerService/SetExperimentTags',
+                request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsRequest.SerializeToString,
+                response_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsResponse.FromString,
+                _registered_method=True)
+        self.DeleteExperimentTag = channel.unary_unary(
+                '/cairn.tracker.v1.TrackerService/DeleteExperimentTag',
+                request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.DeleteExperimentTagRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.PurgeDeleted = channel.unary_unary(
                 '/cairn.tracker.v1.TrackerService/PurgeDeleted',
                 request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.PurgeDeletedRequest.SerializeToString,
@@ -233,6 +243,21 @@ class TrackerServiceServicer:
 
     def RestoreExperiment(self, request, context):
         """Restores a deleted experiment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetExperimentTags(self, request, context):
+        """Sets (adds or overwrites) some tags of an experiment, leaving its other tags alone
+        (UpdateExperiment replaces the whole map).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExperimentTag(self, request, context):
+        """Deletes one tag of an experiment. NOT_FOUND when the experiment has no such tag.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -408,6 +433,16 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.RestoreExperiment,
                     request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.RestoreExperimentRequest.FromString,
                     response_serializer=cairn_dot_tracker_dot_v1_dot_experiment__pb2.Experiment.SerializeToString,
+            ),
+            'SetExperimentTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetExperimentTags,
+                    request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsRequest.FromString,
+                    response_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsResponse.SerializeToString,
+            ),
+            'DeleteExperimentTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExperimentTag,
+                    request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.DeleteExperimentTagRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'PurgeDeleted': grpc.unary_unary_rpc_method_handler(
                     servicer.PurgeDeleted,
@@ -696,6 +731,60 @@ class TrackerService:
             '/cairn.tracker.v1.TrackerService/RestoreExperiment',
             cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.RestoreExperimentRequest.SerializeToString,
             cairn_dot_tracker_dot_v1_dot_experiment__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetExperimentTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.tracker.v1.TrackerService/SetExperimentTags',
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsRequest.SerializeToString,
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SetExperimentTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExperimentTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.tracker.v1.TrackerService/DeleteExperimentTag',
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.DeleteExperimentTagRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -757,6 +757,59 @@ class TrackerStore:
                     metadata={"key": key},
                 )
 
+    def set_experiment_tags(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        table = table_of(ExperimentTagRow)
+        with self.db.write() as session:
+            self._require_active_experiment(session, experiment_id)
+            if not tags:
+                return
+            statement = self.db.insert(table)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c.experiment_id, table.c.key],
+                    set_={"value": statement.excluded.value},
+                ),
+                [
+                    {"experiment_id": experiment_id, "key": k, "value": v}
+                    for k, v in sorted(tags.items())
+                ],
+            )
+            session.execute(
+                update(ExperimentRow)
+                .where(ExperimentRow.experiment_id == experiment_id)
+                .values(update_time=now_ms())
+            )
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        with self.db.write() as session:
+            self._require_active_experiment(session, experiment_id)
+            deleted = session.execute(
+                delete(ExperimentTagRow).where(
+                    ExperimentTagRow.experiment_id == experiment_id, ExperimentTagRow.key == key
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if not deleted:
+                raise NotFound(
+                    f"experiment {experiment_id!r} has no tag {key!r}",
+                    reason="TAG_NOT_FOUND",
+                    metadata={"key": key},
+                )
+
+    def _require_active_experiment(self, session: Session, experiment_id: str) -> None:
+        # A share lock: a concurrent delete or purge of the experiment waits for this write.
+        row = session.get(ExperimentRow, experiment_id, with_for_update={"read": True})
+        if row is None:
+            raise NotFound(
+                f"experiment {experiment_id!r} not found",
+                reason="EXPERIMENT_NOT_FOUND",
+                metadata={"experiment_id": experiment_id},
+            )
+        if row.lifecycle_state != "ACTIVE":
+            raise FailedPrecondition(
+                f"experiment {row.display_name!r} is deleted; restore it before changing it",
+                reason="EXPERIMENT_DELETED",
+            )
+
     def _require_active(self, session: Session, run_id: str) -> RunState:
         state = self.run_state(run_id, session)
         if state.lifecycle_state != "ACTIVE":
