@@ -796,8 +796,10 @@ class TrackerStore:
                 )
 
     def _require_active_experiment(self, session: Session, experiment_id: str) -> None:
-        # A share lock: a concurrent delete or purge of the experiment waits for this write.
-        row = session.get(ExperimentRow, experiment_id, with_for_update={"read": True})
+        # Locked for update: tag writers of one experiment take turns (they also touch its
+        # update_time, and upgrading a shared lock would deadlock), and a concurrent delete or
+        # purge waits for this write.
+        row = session.get(ExperimentRow, experiment_id, with_for_update=True)
         if row is None:
             raise NotFound(
                 f"experiment {experiment_id!r} not found",
