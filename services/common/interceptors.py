@@ -12,7 +12,6 @@ import contextvars
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,13 +23,13 @@ from prometheus_client import Counter, Histogram
 
 from services.common.errors import ERROR_DOMAIN, CairnError
 from services.common.logs import request_id_var
+from services.common.request_ids import valid_request_id
 from services.common.rpc import Context, Handler, ServerInterceptor
 
 log = logging.getLogger("cairn.rpc")
 
 REQUEST_ID_KEY = "x-request-id"
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
-MAX_REQUEST_ID_LENGTH = 128
 
 Behavior = Callable[..., Any]
 
@@ -161,8 +160,8 @@ class RequestContextInterceptor(_WrappingInterceptor):
         incoming = dict(details.invocation_metadata or ())
 
         def begin(context: Context) -> tuple[contextvars.Token[str], float, str]:
-            supplied = str(incoming.get(REQUEST_ID_KEY, ""))[:MAX_REQUEST_ID_LENGTH]
-            rid = supplied if supplied.isprintable() and supplied else uuid.uuid4().hex
+            supplied = incoming.get(REQUEST_ID_KEY)
+            rid = valid_request_id(supplied if isinstance(supplied, str) else None)
             token = request_id_var.set(rid)
             context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
             # Read the peer now: asking a cancelled call for it can crash grpcio.

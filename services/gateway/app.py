@@ -19,6 +19,7 @@ from services.common.settings import Settings
 from services.gateway.backends import Backends
 from services.gateway.bindings import all_bindings, registered_services
 from services.gateway.errors import JSONLineResponse
+from services.gateway.server import DrainState
 
 HTTP_REQUESTS = Counter(
     "cairn_gateway_requests_total",
@@ -32,20 +33,22 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-Handler = Callable[[Request], Awaitable[Response]]
 
-
-def create_app(settings: Settings, *, is_draining: Callable[[], bool] = lambda: False) -> Starlette:
+def create_app(settings: Settings, *, drain: DrainState | None = None) -> Starlette:
+    """The gateway app; `drain` is shared with the HttpService serving it (/healthz turns
+    NOT_SERVING once it drains)."""
     from services.gateway import mlflow, openapi, transcoding
 
     backends = Backends(settings)
     bindings = all_bindings(registered_services())
+    state = drain if drain is not None else DrainState()
 
     async def healthz(request: Request) -> Response:
         report = await backends.health()
-        healthy = not is_draining() and all(status == "SERVING" for status in report.values())
+        draining = state.draining
+        healthy = not draining and all(status == "SERVING" for status in report.values())
         body = {"status": "SERVING" if healthy else "NOT_SERVING", "backends": report}
-        if is_draining():
+        if draining:
             body["gateway"] = "DRAINING"
         return JSONLineResponse(body, status_code=200 if healthy else 503)
 
@@ -58,7 +61,7 @@ def create_app(settings: Settings, *, is_draining: Callable[[], bool] = lambda: 
         *openapi.routes(bindings),
         *mlflow.routes(backends, settings),
         # Last: everything else is matched against the google.api.http bindings.
-        *transcoding.routes(bindings, backends, settings),
+        *transcoding.routes(bindings, backends),
     ]
 
     @asynccontextmanager
@@ -98,11 +101,9 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
-        status = {"code": 500}
 
         async def send_and_record(message: dict) -> None:  # type: ignore[type-arg]
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
                 route = scope.get("state", {}).get("route_label") or _route_label(scope)
                 HTTP_LATENCY.labels(scope["method"], route).observe(time.perf_counter() - began)
                 HTTP_REQUESTS.labels(scope["method"], route, str(message["status"])).inc()

@@ -50,6 +50,7 @@ from starlette.routing import BaseRoute, Route
 import cairn
 from services.gateway.bindings import Binding, service_bindings
 from services.gateway.templates import Segment, Variable
+from services.gateway.transcoding import FieldPath, binding_shape
 
 JSON = dict[str, Any]
 
@@ -573,50 +574,6 @@ class SchemaBuilder:
 # ------------------------------------------------------------------------------ operations
 
 
-# Well-known types a query parameter sets whole, from their JSON string form; the others
-# (Any, Struct, Value, ListValue, Empty) cannot be expressed in a query string.
-QUERY_SCALAR_TYPES = frozenset(WELL_KNOWN) - {
-    "google.protobuf.Any",
-    "google.protobuf.Struct",
-    "google.protobuf.Value",
-    "google.protobuf.ListValue",
-}
-# How deep query parameters reach into nested messages ("a.b.c.d"), as the transcoder does.
-MAX_QUERY_DEPTH = 4
-
-
-def query_fields(
-    message: Descriptor, bound: set[str], prefix: str = "", seen: tuple[str, ...] = ()
-) -> list[tuple[str, FieldDescriptor]]:
-    """(dotted proto path, field) of every field a query string can set, minus `bound`.
-
-    Nested singular messages are flattened with dots (`metadata.path`), up to
-    MAX_QUERY_DEPTH segments and never into a type already on the path; maps, repeated
-    messages and free-form well-known types cannot be query parameters and are left out.
-    """
-    seen = (*seen, str(message.full_name))
-    found: list[tuple[str, FieldDescriptor]] = []
-    for field in message.fields:
-        path = f"{prefix}{field.name}"
-        if path in bound or is_map(field):
-            continue
-        if field.type != _T.TYPE_MESSAGE:
-            found.append((path, field))
-            continue
-        name = str(message_of(field).full_name)
-        if name in QUERY_SCALAR_TYPES:
-            found.append((path, field))
-        elif (
-            not is_repeated(field)
-            and name not in WELL_KNOWN
-            and name != EMPTY_SCHEMA
-            and name not in seen
-            and path.count(".") + 1 < MAX_QUERY_DEPTH
-        ):
-            found.extend(query_fields(message_of(field), bound, f"{path}.", seen))
-    return found
-
-
 def sse_event_schema(message: JSON, status: JSON) -> JSON:
     """One server-sent event: `data` is a message's JSON, or a Status's for event `error`."""
 
@@ -647,27 +604,21 @@ def sse_event_schema(message: JSON, status: JSON) -> JSON:
     }
 
 
-def _media_parts(message: Descriptor) -> bool:
-    """A oneof of exactly one message (the header) and one bytes field (the content), as
-    the transcoder recognizes upload and download streams."""
-    for oneof in message.oneofs:
-        kinds = sorted(int(f.type) for f in oneof.fields)
-        if kinds == sorted([_T.TYPE_MESSAGE, _T.TYPE_BYTES]):
-            return True
-    return False
-
-
 def media_download(binding: Binding) -> bool:
-    """Whether a server-streaming binding also answers `alt=media` with the raw bytes."""
-    return binding.server_streaming and _media_parts(binding.method.output_type)
+    """Whether a server-streaming binding also answers `alt=media` with the raw bytes (as
+    the transcoder decides it)."""
+    return binding_shape(binding).download is not None
 
 
 def raw_upload(binding: Binding) -> bool:
     """Whether a client-streaming binding also takes its content as a raw body
-    (application/octet-stream, the other fields from the path and the query string)."""
-    return (
-        binding.client_streaming and binding.body == "*" and _media_parts(binding.method.input_type)
-    )
+    (application/octet-stream, the other fields from the path and the query string), as the
+    transcoder decides it."""
+    return binding_shape(binding).upload is not None
+
+
+def _proto_path(path: FieldPath) -> str:
+    return ".".join(field.name for field in path.fields)
 
 
 class OpenApiBuilder:
@@ -778,7 +729,6 @@ class OpenApiBuilder:
 
     def operation(self, binding: Binding, suffix: str) -> tuple[str, JSON]:
         method = binding.method
-        request = method.input_type
         path, path_parameters = expand_template(binding)
         comment = self.comments.get(f"{binding.service}.{method.name}", "")
         notes: list[str] = []
@@ -794,22 +744,19 @@ class OpenApiBuilder:
                 )
         parameters: list[JSON] = [self.path_parameter(p, path_parameters) for p in path_parameters]
 
-        if binding.body == "*":
-            query: list[tuple[str, FieldDescriptor]] = []
-        else:
-            query = query_fields(request, bound | ({binding.body} if binding.body else set()))
-        upload_query: list[tuple[str, FieldDescriptor]] = []
-        if raw_upload(binding):
-            # Raw uploads carry the non-content fields in the query string.
-            upload_query = [
-                (p, f) for p, f in query_fields(request, bound) if f.type != _T.TYPE_BYTES
-            ]
-        parameters += [self.query_parameter(p, f) for p, f in query]
+        # Query parameters are exactly the transcoder's (one BindingShape for both).
+        shape = binding_shape(binding)
+        parameters += [self.query_parameter(_proto_path(p), p.leaf) for p in shape.query_paths]
         parameters += [
             self.query_parameter(
-                p, f, note="With an application/octet-stream body only (a raw upload)."
+                _proto_path(p),
+                p.leaf,
+                note=(
+                    "Sets the upload's header: that of a raw (application/octet-stream) body, "
+                    "or every header message of a JSON body, as path fields do."
+                ),
             )
-            for p, f in upload_query
+            for p in shape.upload_query_paths
         ]
         if media_download(binding):
             parameters.append(

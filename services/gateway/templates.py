@@ -1,4 +1,5 @@
-"""google.api.HttpRule path templates: parse, match, expand.
+"""google.api.HttpRule path templates (google/api/http.proto, "Path template syntax"):
+parse and match.
 
     Template = "/" Segments [ Verb ] ;
     Segments = Segment { "/" Segment } ;
@@ -7,10 +8,23 @@
     FieldPath = IDENT { "." IDENT } ;
     Verb     = ":" LITERAL ;
 
-A variable without "=" binds one segment ("{x}" is "{x=*}"); "**" binds the rest of the path
-(one or more segments, slashes included) and may only come last. Matching is on the
-percent-decoded path, so a resource name sent as one percent-encoded segment
-("/v1/experiments%2Fabc") matches "/v1/{name=experiments/*}" too.
+Matching works on the raw (still percent-encoded) request path, as http.proto describes:
+
+- The path is split on "/" into raw segments; an empty segment ("//", a trailing "/")
+  never matches anything.
+- The verb is split off the last segment at its last unencoded ":" ("%3A" is data, never
+  a verb separator; clients percent-encode ":" inside variable values, as http.proto
+  requires). A template with a verb matches only that verb, one without only paths
+  without one: "/v1/experiments/E/runs/R:logMetrics" is never GetRun's
+  "/v1/{name=experiments/*/runs/*}".
+- "*" matches one segment, "**" zero or more (it may only come last), a literal the
+  segment whose percent-decoded text equals it.
+- Variable values are decoded per variable: one matching a single segment ("{x}",
+  "{x=*}") is fully percent-decoded, so "/v1/{id}" on "/v1/a%2Fb" binds "a/b"; one
+  spanning several segments ("{name=experiments/*}", "{path=**}") is decoded except
+  "%2F"/"%2f", which stay encoded so the value's own slashes remain the only separators.
+  A consequence: "/v1/experiments%2Fabc" is ONE segment and does not match
+  "/v1/{name=experiments/*}".
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from urllib.parse import unquote
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LITERAL = re.compile(r"[^/{}*:=]+")
+_ENCODED_SLASH = re.compile(r"(%2[Ff])")
 
 
 class TemplateError(ValueError):
@@ -29,7 +44,7 @@ class TemplateError(ValueError):
 
 @dataclass(frozen=True)
 class Segment:
-    """One path segment: a literal, "*" (one segment) or "**" (the rest)."""
+    """One path segment: a literal, "*" (one segment) or "**" (zero or more, last only)."""
 
     kind: str  # "literal" | "*" | "**"
     text: str = ""
@@ -40,13 +55,19 @@ class Variable:
     field_path: str  # e.g. "name", "experiment.name", "metadata.run"
     segments: tuple[Segment, ...]  # what the variable matches, e.g. experiments/*
 
+    @property
+    def single_segment(self) -> bool:
+        """A variable matching exactly one segment ("{x}", "{x=*}"): fully decoded."""
+        return len(self.segments) == 1 and self.segments[0].kind != "**"
+
 
 @dataclass(frozen=True)
 class PathTemplate:
     source: str
     parts: tuple[Segment | Variable, ...]
     verb: str | None
-    _pattern: re.Pattern[str] = field(compare=False, repr=False)
+    # Every template segment with the index of the variable holding it (or None).
+    _flat: tuple[tuple[Segment, int | None], ...] = field(compare=False, repr=False)
 
     @property
     def variables(self) -> tuple[Variable, ...]:
@@ -55,39 +76,53 @@ class PathTemplate:
     @property
     def literal_count(self) -> int:
         """How specific the template is: more literal segments win ties between matches."""
-        count = 0
-        for part in self.parts:
-            segments = part.segments if isinstance(part, Variable) else (part,)
-            count += sum(1 for s in segments if s.kind == "literal")
+        count = sum(1 for segment, _ in self._flat if segment.kind == "literal")
         return count + (1 if self.verb else 0)
 
     def match(self, path: str) -> dict[str, str] | None:
-        """Field path -> bound value for a request path (decoded here), or None."""
-        found = self._pattern.fullmatch(unquote(path))
-        if found is None:
+        """Field path -> decoded value for a raw (percent-encoded) request path, or None."""
+        if not path.startswith("/"):
             return None
+        raw = path[1:].split("/")
+        head, colon, verb = raw[-1].rpartition(":")
+        if colon:
+            if self.verb is None or unquote(verb) != self.verb:
+                return None
+            raw[-1] = head
+        elif self.verb is not None:
+            return None
+        if "" in raw:
+            return None
+        flat = self._flat
+        tail = flat[-1][0].kind == "**"
+        if len(raw) != len(flat) and not (tail and len(raw) >= len(flat) - 1):
+            return None
+        taken: dict[int, list[str]] = {}
+        for position, (segment, variable) in enumerate(flat):
+            if segment.kind == "**":
+                matched = raw[position:]
+            else:
+                matched = [raw[position]]
+                if segment.kind == "literal" and unquote(raw[position]) != segment.text:
+                    return None
+            if variable is not None:
+                taken.setdefault(variable, []).extend(matched)
         return {
-            variable.field_path: found.group(f"v{index}")
+            variable.field_path: _decode(taken.get(index, []), variable)
             for index, variable in enumerate(self.variables)
         }
 
-    def expand(self, values: dict[str, str]) -> str:
-        """The path for the given variable values (for tests and docs)."""
-        out = []
-        for part in self.parts:
-            if isinstance(part, Variable):
-                out.append(values[part.field_path])
-            else:
-                out.append(part.text if part.kind == "literal" else "-")
-        return "/" + "/".join(out) + (f":{self.verb}" if self.verb else "")
 
-
-def _segment_regex(segment: Segment, last: bool) -> str:
-    if segment.kind == "literal":
-        return re.escape(segment.text)
-    if segment.kind == "*":
-        return r"[^/]+"
-    return r".+" if last else r"[^/]+(?:/[^/]+)*"
+def _decode(segments: list[str], variable: Variable) -> str:
+    if variable.single_segment:
+        return unquote(segments[0])
+    return "/".join(
+        "".join(
+            piece if _ENCODED_SLASH.fullmatch(piece) else unquote(piece)
+            for piece in _ENCODED_SLASH.split(segment)
+        )
+        for segment in segments
+    )
 
 
 def _parse_segments(text: str, allow_variables: bool, source: str) -> list[Segment | Variable]:
@@ -139,22 +174,17 @@ def parse_template(source: str) -> PathTemplate:
         if not _LITERAL.fullmatch(verb):
             raise TemplateError(f"{source}: bad verb {verb!r}")
     parts = tuple(_parse_segments(body, True, source))
-    flat: list[Segment] = []
+    flat: list[tuple[Segment, int | None]] = []
+    variable_index = 0
     for part in parts:
-        flat.extend(part.segments if isinstance(part, Variable) else (part,))
-    if any(s.kind == "**" for s in flat[:-1]):
-        raise TemplateError(f"{source}: '**' may only be the last segment")
-    regex = []
-    for index_part, part in enumerate(parts):
-        last_part = index_part == len(parts) - 1
         if isinstance(part, Variable):
-            inner = "/".join(
-                _segment_regex(s, last_part and i == len(part.segments) - 1)
-                for i, s in enumerate(part.segments)
-            )
-            variable_index = sum(1 for p in parts[:index_part] if isinstance(p, Variable))
-            regex.append(f"(?P<v{variable_index}>{inner})")
+            flat.extend((segment, variable_index) for segment in part.segments)
+            variable_index += 1
         else:
-            regex.append(_segment_regex(part, last_part))
-    pattern = "/" + "/".join(regex) + (re.escape(f":{verb}") if verb else "")
-    return PathTemplate(source, parts, verb, re.compile(pattern))
+            flat.append((part, None))
+    if any(segment.kind == "**" for segment, _ in flat[:-1]):
+        raise TemplateError(f"{source}: '**' may only be the last segment")
+    names = [p.field_path for p in parts if isinstance(p, Variable)]
+    if len(set(names)) != len(names):
+        raise TemplateError(f"{source}: a field is bound by two variables")
+    return PathTemplate(source, parts, verb, tuple(flat))

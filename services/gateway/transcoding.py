@@ -7,9 +7,12 @@ against the bindings (most specific first), the other answers what nothing match
 google.rpc.Status 404. No route is written by hand.
 
 Requests
-- Path: matched on the raw path (scope["raw_path"]), which the template percent-decodes once;
-  so "/v1/experiments%2Fabc" matches "/v1/{name=experiments/*}" and a literal "%25" stays
-  "%". Variables may name nested fields ("experiment.name", "metadata.run").
+- Path: matched on the raw path (scope["raw_path"]) as google/api/http.proto specifies
+  (services.gateway.templates): split on "/", the verb split off at the last unencoded ":",
+  a single-segment variable fully percent-decoded, a multi-segment one decoded except
+  "%2F". So "/v1/experiments%2Fabc" is one segment and does NOT match
+  "/v1/{name=experiments/*}". Variables may name nested fields ("experiment.name",
+  "metadata.run"). HEAD is answered wherever GET is, without a body.
 - body "*": the JSON body is the request; body "<field>": the body is that field's JSON value
   (object, array or scalar); no body: every non-path field comes from the query string. An
   empty body is an empty message. Path variables win over the body, but a body that sets the
@@ -26,11 +29,20 @@ Requests
   original field names are both accepted; unknown fields, wrong types and malformed JSON are
   400 INVALID_ARGUMENT naming the field. A body on a JSON binding must be JSON (application/
   json or any +json type; a missing Content-Type is taken as JSON), otherwise 415.
+- Limits (services.gateway.limits): a JSON body is at most 8 MiB (413 otherwise), parsed
+  off the event loop above 256 KiB; bad UTF-8, malformed or too deeply nested JSON and
+  numbers out of range are 400s, never 5xx.
 - Client-streaming RPCs: the body is a JSON array of request messages, or one message (a
-  stream of one); path variables apply to every message. A client-streaming request whose
-  message is a oneof of a header message and bytes (UploadArtifact) also takes a raw body
-  (any non-JSON Content-Type, or none): the first message is the header built from path + query
-  parameters, then the body follows in 1 MiB chunks as it arrives (never buffered whole).
+  stream of one); path variables apply to every message. The array is parsed as it arrives
+  (at most 64 MiB and 10,000 messages per request, 413 beyond); arrays up to 8 MiB of JSON
+  are validated whole before the backend sees a message, a bigger one streams to the
+  backend as it is parsed, so an error in a later element ends the stream after the
+  earlier messages were sent (as with any gRPC client stream). A client-streaming request
+  whose message is a oneof of a header message and bytes (UploadArtifact) also takes a raw
+  body (any non-JSON Content-Type, or none): the first message is the header built from
+  path + query parameters, then the body follows in 1 MiB chunks as it arrives (never
+  buffered whole). Its query parameters (metadata.*) also apply, like path variables, to
+  the header messages of a JSON stream.
 
 Responses
 - proto3 JSON with lowerCamel names (json_format's default, as Google APIs answer), fields at
@@ -41,26 +53,32 @@ Responses
   ("data: <json>" per message). A failure after the first message ends the stream with
   `{"error": <google.rpc.Status>}` (NDJSON) or `event: error` (SSE). A header+bytes stream
   (DownloadArtifact) with `?alt=media` is sent as the raw bytes (application/octet-stream,
-  Content-Length, X-Cairn-Sha256, Content-Disposition); a failure mid-way aborts the
-  connection, so the client sees a short body rather than a silently truncated file.
+  Content-Length, X-Cairn-Sha256, Content-Disposition); a failure mid-way, or content
+  whose sha256 is not the announced one (the last chunk is held back until the digest is
+  checked), aborts the connection, so the client sees a short body rather than a silently
+  truncated or corrupted file.
 - Errors (backend or gateway) are google.rpc.Status JSON with the HTTP status of the code
   (services.gateway.errors); 405 carries an Allow header. Every response echoes X-Request-Id
   (the client's, or one the gateway makes), which is also sent to the backend.
 
-Backend calls go through generic multicallables on the backend's channel with a deadline
-(settings.gateway_timeout_seconds; for streams it bounds the whole transfer), forwarding
-Authorization and X-Request-Id as gRPC metadata. There is no wait_for_ready: a backend that
-is down is a 503 at once, a slow one a 504 at the deadline.
+Backend calls go through generic multicallables on the backend's channel, forwarding
+Authorization and X-Request-Id as gRPC metadata. Unary calls have a deadline
+(settings.gateway_timeout_seconds). Streaming transfers (uploads, downloads, JSON streams)
+have an idle timeout of the same length instead, so a transfer that keeps moving is never
+cut however long it takes: a client that sends nothing for that long gets 408, a backend
+that answers nothing 504 (before the response started; after, the stream ends with an
+error event, or the raw download's connection is cut). There is no wait_for_ready: a
+backend that is down is a 503 at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +96,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
-from services.common.settings import Settings
+from services.common.request_ids import new_request_id
 from services.gateway.backends import Backends
 from services.gateway.bindings import Binding
 from services.gateway.errors import (
@@ -90,12 +108,33 @@ from services.gateway.errors import (
     status_json,
     status_text,
 )
+from services.gateway.limits import (
+    MAX_JSON_BODY_BYTES,
+    MAX_STREAM_BODY_BYTES,
+    DigestMismatch,
+    GatewayInputError,
+    IdleDeadline,
+    IdleTimeoutError,
+    JsonItem,
+    JsonStreamReader,
+    check_content_length,
+    content_disposition,
+    offload,
+    parse_json,
+    read_body,
+    rechunk,
+    valid_request_id,
+    verify_sha256,
+    with_idle_timeout,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY_BYTES = 64 << 20
-UPLOAD_CHUNK_BYTES = 1 << 20
-MAX_REQUEST_ID_LENGTH = 128
+# Longest reason quoted from a json_format error (it echoes values, however long).
+MAX_REASON_CHARS = 200
+# JSON text of a client stream validated whole before the backend call starts.
+PREFETCH_JSON_BYTES = MAX_JSON_BODY_BYTES
 # How deep query parameters reach into nested messages ("a.b.c.d").
 MAX_QUERY_DEPTH = 4
 
@@ -155,6 +194,27 @@ class GatewayError(Exception):
 
 def _bad_request(message: str, field: str) -> GatewayError:
     return GatewayError(invalid_argument(message, field))
+
+
+def gateway_error(error: GatewayInputError | IdleTimeoutError) -> GatewayError:
+    """The google.rpc.Status form of the shared limits' errors."""
+    if isinstance(error, IdleTimeoutError):
+        return GatewayError(
+            make_status(grpc.StatusCode.DEADLINE_EXCEEDED, error.message, error.reason),
+            http_status_code=error.http_status,
+        )
+    if error.http_status == 400 and error.reason == "INVALID_ARGUMENT":
+        return GatewayError(invalid_argument(error.message, error.field))
+    return GatewayError(
+        make_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            error.message,
+            error.reason,
+            field=error.field,
+            **error.metadata,
+        ),
+        http_status_code=error.http_status,
+    )
 
 
 # =====================================================================================
@@ -385,6 +445,8 @@ def _describe_parse_error(error: json_format.ParseError) -> tuple[list[str], str
         if pattern.fullmatch(reason):
             reason = pattern.sub(replacement, reason)
             break
+    if len(reason) > MAX_REASON_CHARS:  # json_format echoes the value, however long
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
     return path, reason
 
 
@@ -399,11 +461,18 @@ def _parse_json_into(value: Any, message: Message, *, location: str = "", strip:
         where = f"{location}.{field}" if location and field else location or field
         target = f"field '{where}'" if where else "body"
         raise _bad_request(f"invalid request body: {target}: {reason}", where or "body") from None
-    except (TypeError, ValueError, AttributeError) as error:  # not an object where one belongs
-        where = f" {location}" if location else ""
-        raise _bad_request(f"invalid request body{where}: {error}", location or "body") from None
     except RecursionError:
         raise _bad_request("invalid request body: JSON nested too deeply", "body") from None
+    except OverflowError:  # an integer literal too large for a double (1e400 spelled out)
+        where = f" {location}" if location else ""
+        raise _bad_request(
+            f"invalid request body{where}: a number is out of range", location or "body"
+        ) from None
+    except (TypeError, ValueError, AttributeError) as error:  # not an object where one belongs
+        where = f" {location}" if location else ""
+        raise _bad_request(
+            f"invalid request body{where}: {str(error)[:200]}", location or "body"
+        ) from None
 
 
 def _json_kind(value: Any) -> str:
@@ -423,45 +492,12 @@ def _is_json(media_type: str | None) -> bool:
     return media_type is None or media_type == JSON_TYPE or media_type.endswith("+json")
 
 
-async def _read_body(request: Request, limit: int = MAX_JSON_BODY_BYTES) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        make_status(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"request body larger than {limit >> 20} MiB",
-            "REQUEST_TOO_LARGE",
-            limit_bytes=str(limit),
-        ),
-        http_status_code=413,
-    )
-
-
 def _decode_json(raw: bytes) -> Any:
+    """The JSON of a request body; client mistakes are 400s naming the body."""
     try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise _bad_request("invalid request body: not UTF-8 JSON", "body") from None
-    except RecursionError:
-        raise _bad_request("invalid request body: JSON nested too deeply", "body") from None
-    except json.JSONDecodeError as error:
-        raise _bad_request(
-            f"invalid request body: malformed JSON at line {error.lineno} column {error.colno}: "
-            f"{error.msg}",
-            "body",
-        ) from None
+        return parse_json(raw, field="request body")
+    except GatewayInputError as error:
+        raise GatewayError(invalid_argument(error.message, "body")) from None
 
 
 def _message_json(message: Message) -> Any:
@@ -478,19 +514,20 @@ def _dumps(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _MediaParts:
-    """A message that is a oneof of a header message and bytes (upload/download streams)."""
+class MediaParts:
+    """A message that is a oneof of exactly one header message and one bytes field (upload
+    and download streams)."""
 
     header: FieldDescriptor
     chunk: FieldDescriptor
 
 
-def _media_parts(descriptor: Descriptor) -> _MediaParts | None:
+def media_parts(descriptor: Descriptor) -> MediaParts | None:
     for oneof in descriptor.oneofs:
         headers = [f for f in oneof.fields if f.message_type is not None]
         chunks = [f for f in oneof.fields if f.type == FieldDescriptor.TYPE_BYTES]
         if len(oneof.fields) == 2 and len(headers) == 1 and len(chunks) == 1:
-            return _MediaParts(headers[0], chunks[0])
+            return MediaParts(headers[0], chunks[0])
     return None
 
 
@@ -507,11 +544,10 @@ def _printable_ascii(value: str) -> bool:
 
 
 def call_context(request: Request) -> CallContext:
-    """The request id (the client's when it is usable, else a new one) and the metadata
-    forwarded to the backend (authorization and x-request-id)."""
-    supplied = request.headers.get("x-request-id", "").strip()
-    usable = 0 < len(supplied) <= MAX_REQUEST_ID_LENGTH and _printable_ascii(supplied)
-    request_id = supplied if usable else uuid.uuid4().hex
+    """The request id (the client's when usable under the one rule of
+    services.common.request_ids, else a new one) and the metadata forwarded to the backend
+    (authorization and x-request-id)."""
+    request_id = valid_request_id(request.headers.get("x-request-id"))
     metadata = [("x-request-id", request_id)]
     authorization = request.headers.get("authorization")
     if authorization is not None:
@@ -529,13 +565,17 @@ def _trailing_request_id(metadata: Any, fallback: str) -> str:
     return fallback
 
 
-class CompiledBinding:
-    """One google.api.http binding, ready to serve: request building, the backend call and
-    the response, with every descriptor lookup done once here."""
+def _unique_paths(index: dict[str, FieldPath]) -> list[FieldPath]:
+    """The distinct field paths of a query index, in field order."""
+    return list(dict.fromkeys(index.values()))
 
-    def __init__(self, binding: Binding, backends: Backends) -> None:
+
+class BindingShape:
+    """What a binding accepts and answers, derived once from its descriptors: the single
+    source of truth for the transcoder (CompiledBinding) and the OpenAPI document."""
+
+    def __init__(self, binding: Binding) -> None:
         self.binding = binding
-        self.backends = backends
         method = binding.method
         self.request_class: type[Message] = message_factory.GetMessageClass(method.input_type)
         self.response_class: type[Message] = message_factory.GetMessageClass(method.output_type)
@@ -581,8 +621,9 @@ class CompiledBinding:
                 ),
             )
 
-        # Raw uploads: a client stream of header-or-bytes messages takes any non-JSON body.
-        self.upload = _media_parts(request_type) if binding.client_streaming else None
+        # Raw uploads: a client stream of header-or-bytes messages takes any non-JSON body;
+        # its query parameters set the header (and the header messages of a JSON stream).
+        self.upload = media_parts(request_type) if binding.client_streaming else None
         self.upload_query_index: dict[str, FieldPath] = {}
         if self.upload is not None:
             upload = self.upload
@@ -590,7 +631,7 @@ class CompiledBinding:
                 request_type, lambda p: bound_by_path(p) or p.fields[0] == upload.chunk
             )
         # alt=media downloads: a server stream of header-then-bytes messages.
-        self.download = _media_parts(method.output_type) if binding.server_streaming else None
+        self.download = media_parts(method.output_type) if binding.server_streaming else None
         self.response_field: FieldDescriptor | None = None
         if binding.response_body:
             if binding.response_body not in method.output_type.fields_by_name:
@@ -598,7 +639,41 @@ class CompiledBinding:
                     f"{binding.grpc_path}: no response field {binding.response_body!r}"
                 )
             self.response_field = method.output_type.fields_by_name[binding.response_body]
+
+    @property
+    def query_paths(self) -> list[FieldPath]:
+        """The fields query parameters set (with a JSON body or none)."""
+        return _unique_paths(self.query_index)
+
+    @property
+    def upload_query_paths(self) -> list[FieldPath]:
+        """The fields query parameters set next to an upload (raw or JSON)."""
+        return _unique_paths(self.upload_query_index)
+
+    @property
+    def json_stream_query_index(self) -> dict[str, FieldPath]:
+        """Query parameters of a client-streaming JSON body."""
+        return self.upload_query_index if self.upload is not None else self.query_index
+
+
+@functools.cache
+def binding_shape(binding: Binding) -> BindingShape:
+    return BindingShape(binding)
+
+
+class CompiledBinding(BindingShape):
+    """One google.api.http binding, ready to serve: request building, the backend call and
+    the response, with every descriptor lookup done once here."""
+
+    def __init__(self, binding: Binding, backends: Backends) -> None:
+        super().__init__(binding)
+        self.backends = backends
         self._callable: tuple[grpc.aio.Channel, Any] | None = None
+
+    @property
+    def idle_seconds(self) -> float:
+        """The idle timeout of streaming transfers (and the deadline of unary calls)."""
+        return self.backends.timeout
 
     # --- requests ---------------------------------------------------------------------
 
@@ -612,40 +687,74 @@ class CompiledBinding:
         return message
 
     async def build_stream(
-        self, request: Request, failures: list[BaseException]
-    ) -> list[Message] | AsyncIterator[Message]:
-        """The request messages of a client-streaming call: a list parsed from a JSON body,
-        or an async iterator over a raw upload (whose errors land in `failures`)."""
+        self, request: Request, failures: list[BaseException], deadline: IdleDeadline
+    ) -> AsyncIterator[Message]:
+        """The request messages of a client-streaming call, from a JSON body (parsed as it
+        arrives) or a raw upload. Errors after the call started land in `failures` (and
+        cancel the call); errors in the first PREFETCH_JSON_BYTES of a JSON body are raised
+        here, before any message reaches the backend."""
         media_type = _media_type(request.headers)
         if self.upload is not None and not (media_type is not None and _is_json(media_type)):
-            return await self._upload_stream(request, failures)
+            return self._upload_stream(request, failures, deadline)
         if not _is_json(media_type):
             raise self._unsupported_media_type(media_type)
-        self._apply_query(self.request_class(), request, self.query_index)
-        raw = await _read_body(request)
-        items: list[Any]
-        if not raw.strip():
-            items = [{}]
-        else:
-            value = _decode_json(raw)
-            items = value if isinstance(value, list) else [value]
-        messages = []
-        for position, item in enumerate(items):
-            location = f"[{position}]" if len(items) > 1 or isinstance(item, list) else ""
-            if not isinstance(item, dict):
-                raise _bad_request(
-                    f"invalid request body{' ' + location if location else ''}: expected a JSON "
-                    f"object for {self.request_class.DESCRIPTOR.name}, got {_json_kind(item)}",
-                    location or "body",
-                )
-            message = self.request_class()
-            _parse_json_into(item, message, location=location)
-            self._apply_path(message, request.path_params)
-            messages.append(message)
-        return messages
+        query = self._parse_query(request, self.json_stream_query_index)
+        try:
+            check_content_length(request, limit=MAX_STREAM_BODY_BYTES)
+        except GatewayInputError as error:
+            raise gateway_error(error) from None
+        parsed = self._json_stream(request, query, deadline)
+        prefetched: list[Message] = []
+        size = 0
+        while size <= PREFETCH_JSON_BYTES:
+            try:
+                message, item_size = await anext(parsed)
+            except StopAsyncIteration:
+                return _replay(prefetched, None, failures)
+            except GatewayInputError as error:
+                raise gateway_error(error) from None
+            except IdleTimeoutError as error:
+                raise gateway_error(error) from None
+            prefetched.append(message)
+            size += item_size
+        return _replay(prefetched, parsed, failures)
 
-    async def _upload_stream(
-        self, request: Request, failures: list[BaseException]
+    async def _json_stream(
+        self, request: Request, query: dict[FieldPath, list[str]], deadline: IdleDeadline
+    ) -> AsyncIterator[tuple[Message, int]]:
+        chunks = with_idle_timeout(
+            request.stream(), self.idle_seconds, side="client", deadline=deadline
+        )
+        reader = JsonStreamReader(chunks)
+        async for item in reader:
+            yield await self._stream_message(item, bool(reader.is_array), query, request), item.size
+        if reader.blank:  # an empty body is one empty message
+            yield await self._stream_message(JsonItem(0, {}, 0), False, query, request), 0
+
+    async def _stream_message(
+        self,
+        item: JsonItem,
+        in_array: bool,
+        query: dict[FieldPath, list[str]],
+        request: Request,
+    ) -> Message:
+        location = f"[{item.index}]" if in_array else ""
+        if not isinstance(item.value, dict):
+            raise _bad_request(
+                f"invalid request body{' ' + location if location else ''}: expected a JSON "
+                f"object for {self.request_class.DESCRIPTOR.name}, got {_json_kind(item.value)}",
+                location or "body",
+            )
+        message = self.request_class()
+        await offload(
+            item.size, functools.partial(_parse_json_into, location=location), item.value, message
+        )
+        self._apply_bound(message, query, "query parameter")
+        self._apply_path(message, request.path_params)
+        return message
+
+    def _upload_stream(
+        self, request: Request, failures: list[BaseException], deadline: IdleDeadline
     ) -> AsyncIterator[Message]:
         assert self.upload is not None
         header = self.request_class()
@@ -654,18 +763,15 @@ class CompiledBinding:
         self._apply_path(header, request.path_params)
         chunk_field = self.upload.chunk.name
         request_class = self.request_class
+        body = with_idle_timeout(
+            request.stream(), self.idle_seconds, side="client", deadline=deadline
+        )
 
         async def messages() -> AsyncIterator[Message]:
             yield header
-            pending = bytearray()
             try:
-                async for piece in request.stream():
-                    pending += piece
-                    while len(pending) >= UPLOAD_CHUNK_BYTES:
-                        yield request_class(**{chunk_field: bytes(pending[:UPLOAD_CHUNK_BYTES])})
-                        del pending[:UPLOAD_CHUNK_BYTES]
-                if pending:
-                    yield request_class(**{chunk_field: bytes(pending)})
+                async for piece in rechunk(body):
+                    yield request_class(**{chunk_field: piece})
             except Exception as error:
                 # Raising cancels the call (a short upload is never completed); the reason
                 # is reported instead of the CANCELLED status.
@@ -675,7 +781,12 @@ class CompiledBinding:
         return messages()
 
     async def _apply_body(self, request: Request, message: Message) -> None:
-        raw = await _read_body(request)
+        try:
+            raw = await read_body(
+                request, limit=MAX_JSON_BODY_BYTES, idle_seconds=self.idle_seconds
+            )
+        except (GatewayInputError, IdleTimeoutError) as error:
+            raise gateway_error(error) from None
         body_field = self.body_field
         if not raw.strip():
             if (
@@ -688,7 +799,7 @@ class CompiledBinding:
         media_type = _media_type(request.headers)
         if not _is_json(media_type):
             raise self._unsupported_media_type(media_type)
-        value = _decode_json(raw)
+        value = await offload(len(raw), _decode_json, raw)
         if body_field is None:
             if not isinstance(value, dict):
                 raise _bad_request(
@@ -696,7 +807,7 @@ class CompiledBinding:
                     f"{self.request_class.DESCRIPTOR.name}, got {_json_kind(value)}",
                     "body",
                 )
-            _parse_json_into(value, message)
+            await offload(len(raw), _parse_json_into, value, message)
         else:
             expected = self.body_json_kind
             if expected is not None and _json_kind(value) != expected:
@@ -705,7 +816,12 @@ class CompiledBinding:
                     f"'{body_field.json_name}', got {_json_kind(value)}",
                     "body",
                 )
-            _parse_json_into({body_field.name: value}, message, strip=1)
+            await offload(
+                len(raw),
+                functools.partial(_parse_json_into, strip=1),
+                {body_field.name: value},
+                message,
+            )
 
     def _unsupported_media_type(self, media_type: str | None) -> GatewayError:
         accepted = JSON_TYPE + (" (or raw bytes for an upload)" if self.upload else "")
@@ -719,7 +835,10 @@ class CompiledBinding:
             http_status_code=415,
         )
 
-    def _apply_query(self, message: Message, request: Request, index: dict[str, FieldPath]) -> None:
+    def _parse_query(
+        self, request: Request, index: dict[str, FieldPath]
+    ) -> dict[FieldPath, list[str]]:
+        """The query parameters grouped by the field they set (unknown ones are 400s)."""
         grouped: dict[FieldPath, list[str]] = {}
         for name, value in request.query_params.multi_items():
             if name == "alt":
@@ -735,6 +854,10 @@ class CompiledBinding:
                     f"{len(values)} times",
                     path.name,
                 )
+        return grouped
+
+    def _apply_query(self, message: Message, request: Request, index: dict[str, FieldPath]) -> None:
+        for path, values in self._parse_query(request, index).items():
             path.assign(message, values, "query parameter")
 
     def _unknown_parameter(self, name: str, index: dict[str, FieldPath]) -> GatewayError:
@@ -757,18 +880,30 @@ class CompiledBinding:
         return _bad_request(f"unknown query parameter '{name}' for {where} ({hint})", name)
 
     def _apply_path(self, message: Message, values: dict[str, str]) -> None:
-        for variable, text in values.items():
-            path = self.path_fields[variable]
+        self._apply_bound(
+            message,
+            {self.path_fields[variable]: [text] for variable, text in values.items()},
+            "path segment",
+        )
+
+    @staticmethod
+    def _apply_bound(message: Message, values: dict[FieldPath, list[str]], source: str) -> None:
+        """Set fields bound outside the body (path variables; query parameters of a JSON
+        stream) on a message parsed from the body: skipped where they would displace
+        another oneof member, and a body value that disagrees is a 400."""
+        where = "the URL path" if source == "path segment" else "the query string"
+        for path, texts in values.items():
             if path.blocked(message):
                 continue
             current = path.current(message)
-            if path.kind == "string" and current and current != text:
+            text = texts[-1]
+            if path.kind == "string" and not path.repeated and current and current != text:
                 raise _bad_request(
-                    f"field '{path.name}' is {current!r} in the body but {text!r} in the URL "
-                    "path; they must agree",
+                    f"field '{path.name}' is {current!r} in the body but {text!r} in {where}; "
+                    "they must agree",
                     path.name,
                 )
-            path.assign(message, [text], "path segment")
+            path.assign(message, texts, source)
 
     # --- the call ---------------------------------------------------------------------
 
@@ -795,20 +930,26 @@ class CompiledBinding:
         """Build the request, call the backend, render the response (errors raise)."""
         alt = self._alt(request)
         failures: list[BaseException] = []
+        binding = self.binding
+        streaming = binding.client_streaming or binding.server_streaming
+        deadline = IdleDeadline(self.idle_seconds)
         outgoing: Any = (
-            await self.build_stream(request, failures)
-            if self.binding.client_streaming
+            await self.build_stream(request, failures, deadline)
+            if binding.client_streaming
             else await self.build_request(request)
         )
+        # Unary calls: a plain deadline. Streams: the idle timeouts instead (limits).
         call = self._multicallable()(
-            outgoing, timeout=self.backends.timeout, metadata=context.metadata
+            outgoing,
+            timeout=None if streaming else self.idle_seconds,
+            metadata=context.metadata,
         )
-        if self.binding.server_streaming:
+        if binding.server_streaming:
             return await self._stream_response(request, call, context, alt)
         try:
-            response = await call
+            response = await (deadline.guard(call) if binding.client_streaming else call)
         except (asyncio.CancelledError, grpc.aio.AioRpcError) as error:
-            # A raw upload whose body failed cancels its call: report why instead.
+            # A client stream whose body failed cancels its call: report why instead.
             cancelled = not isinstance(error, grpc.aio.AioRpcError) or (
                 error.code() == grpc.StatusCode.CANCELLED
             )
@@ -840,6 +981,8 @@ class CompiledBinding:
     def _upload_failure(error: BaseException) -> GatewayError:
         if isinstance(error, GatewayError):
             return error
+        if isinstance(error, GatewayInputError | IdleTimeoutError):
+            return gateway_error(error)
         if isinstance(error, ClientDisconnect):
             message = "the client disconnected during the upload; nothing was stored"
         else:
@@ -855,21 +998,33 @@ class CompiledBinding:
         everything = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
         return everything.get(field.json_name)
 
+    async def _read(self, call: Any) -> Any:
+        """The backend's next message, within the idle timeout (IdleTimeoutError backend)."""
+        return await within(call.read(), self.idle_seconds, side="backend")
+
     async def _stream_response(
         self, request: Request, call: Any, context: CallContext, alt: str
     ) -> Response:
         # Read the first message before answering, so that an error before it (not found,
-        # unauthenticated, backend down) is a proper JSON error with its HTTP status.
+        # unauthenticated, backend down, no answer in time) is a proper JSON error with its
+        # HTTP status.
         try:
-            first = await call.read()
+            first = await self._read(call)
         except BaseException:
             call.cancel()
             raise
         headers = {REQUEST_ID_HEADER: context.request_id}
+        head = request.method == "HEAD"
         if alt == "media":
-            return self._media_response(call, first, headers)
+            return self._media_response(call, first, headers, head=head)
         accept = request.headers.get("accept", "")
         sse = SSE_TYPE in accept.lower()
+        media_type = SSE_TYPE if sse else NDJSON_TYPE
+        if sse:
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if head:
+            call.cancel()
+            return StreamingResponse(_nothing(), media_type=media_type, headers=headers)
 
         def render(message: Message) -> str:
             text = _dumps(self._response_json(message))
@@ -885,19 +1040,19 @@ class CompiledBinding:
             try:
                 while message is not EOF_MARK:
                     yield render(message)
-                    message = await call.read()
+                    message = await self._read(call)
             except grpc.aio.AioRpcError as error:
                 yield render_error(status_from_rpc_error(error))
+            except IdleTimeoutError as error:
+                yield render_error(gateway_error(error).status)
             finally:
                 call.cancel()
 
-        if sse:
-            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return StreamingResponse(
-            lines(), media_type=SSE_TYPE if sse else NDJSON_TYPE, headers=headers
-        )
+        return StreamingResponse(lines(), media_type=media_type, headers=headers)
 
-    def _media_response(self, call: Any, first: Any, headers: dict[str, str]) -> Response:
+    def _media_response(
+        self, call: Any, first: Any, headers: dict[str, str], *, head: bool
+    ) -> Response:
         assert self.download is not None
         header_name, chunk_name = self.download.header.name, self.download.chunk.name
         oneof = self.download.header.containing_oneof
@@ -914,29 +1069,67 @@ class CompiledBinding:
         fields = header.DESCRIPTOR.fields_by_name
         if "size_bytes" in fields:
             headers["Content-Length"] = str(header.size_bytes)
-        if "sha256" in fields and header.sha256:
-            headers[SHA256_HEADER] = header.sha256
+        expected = header.sha256 if "sha256" in fields else ""
+        if expected:
+            headers[SHA256_HEADER] = expected
         if "path" in fields and header.path:
             headers["Content-Disposition"] = content_disposition(header.path.rsplit("/", 1)[-1])
+        if head:
+            call.cancel()
+            return Response(media_type=MEDIA_TYPE, headers=headers)
         method_name = self.binding.method.name
 
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await self._read(call)
+                if message is EOF_MARK:
+                    return
+                yield getattr(message, chunk_name)
+
         async def content() -> AsyncIterator[bytes]:
+            # Headers (and Content-Length) are sent: only a cut connection tells the client
+            # the body is incomplete. The last chunk waits for the digest check.
             try:
-                while True:
-                    message = await call.read()
-                    if message is EOF_MARK:
-                        return
-                    yield getattr(message, chunk_name)
+                async for piece in verify_sha256(chunks(), expected):
+                    yield piece
             except grpc.aio.AioRpcError as error:
-                # Headers (and Content-Length) are sent: only a cut connection tells the
-                # client the body is incomplete.
                 status = status_from_rpc_error(error)
                 log.warning("%s failed mid-download: %s", method_name, status.message)
                 raise MediaStreamAborted(status.message) from None
+            except IdleTimeoutError as error:
+                log.warning("%s stalled mid-download: %s", method_name, error.message)
+                raise MediaStreamAborted(error.message) from None
+            except DigestMismatch as error:
+                log.error("%s sent corrupted content: %s", method_name, error)
+                raise MediaStreamAborted(str(error)) from None
             finally:
                 call.cancel()
 
         return StreamingResponse(content(), media_type=MEDIA_TYPE, headers=headers)
+
+
+async def _replay(
+    prefetched: list[Message],
+    rest: AsyncIterator[tuple[Message, int]] | None,
+    failures: list[BaseException],
+) -> AsyncIterator[Message]:
+    """The prefetched messages, then the rest of the stream as it is parsed (its errors go
+    to `failures` and cancel the call)."""
+    for message in prefetched:
+        yield message
+    if rest is None:
+        return
+    try:
+        async for message, _ in rest:
+            yield message
+    except Exception as error:
+        failures.append(error)
+        raise
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
 
 
 class MediaStreamAborted(Exception):
@@ -948,24 +1141,13 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def content_disposition(filename: str) -> str:
-    """attachment; filename="..." with an RFC 6266 / 5987 UTF-8 form for other names."""
-    fallback = "".join(
-        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
-    )
-    value = f'attachment; filename="{fallback or "download"}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
-    return value
-
-
 # =====================================================================================
 # Routes
 # =====================================================================================
 
 
 def _request_path(scope: Scope) -> str:
-    """The request path still percent-encoded (templates decode it exactly once)."""
+    """The request path still percent-encoded (templates decode variables per http.proto)."""
     raw = scope.get("raw_path")
     if raw:
         path = bytes(raw).decode("utf-8", "replace")
@@ -980,8 +1162,21 @@ def _route_error_response(request: Request, status: status_pb2.Status, **kwargs:
     try:
         request_id = call_context(request).request_id
     except GatewayError:
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
     return error_response(status, request_id, **kwargs)
+
+
+def _serves(compiled: CompiledBinding, method: str) -> bool:
+    """HEAD is served wherever GET is (RFC 9110 9.3.2)."""
+    http_method = compiled.binding.http_method
+    return http_method == method or (method == "HEAD" and http_method == "GET")
+
+
+def _allowed_methods(allowed: Sequence[CompiledBinding]) -> list[str]:
+    methods = {c.binding.http_method for c in allowed}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 class TranscodingRoute(BaseRoute):
@@ -1001,7 +1196,7 @@ class TranscodingRoute(BaseRoute):
             values = compiled.binding.template.match(path)
             if values is None:
                 continue
-            if compiled.binding.http_method == method:
+            if _serves(compiled, method):
                 return Match.FULL, {"path_params": values, "cairn.binding": compiled}
             allowed.append(compiled)
         if allowed:
@@ -1017,7 +1212,7 @@ class TranscodingRoute(BaseRoute):
         if compiled is None:
             allowed: list[CompiledBinding] = scope["cairn.allowed"]
             request.state.route_label = allowed[0].binding.template.source
-            methods = sorted({c.binding.http_method for c in allowed})
+            methods = _allowed_methods(allowed)
             status = make_status(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"method {request.method} is not allowed for {request.url.path} "
@@ -1048,9 +1243,16 @@ async def serve(compiled: CompiledBinding, request: Request) -> Response:
     except GatewayError as error:
         return error_response(
             error.status,
-            request_id or uuid.uuid4().hex,
+            request_id or new_request_id(),
             http_status_code=error.http_status_code,
             headers=error.headers,
+        )
+    except (GatewayInputError, IdleTimeoutError) as error:
+        converted = gateway_error(error)
+        return error_response(
+            converted.status,
+            request_id or new_request_id(),
+            http_status_code=converted.http_status_code,
         )
     except grpc.aio.AioRpcError as error:
         status = status_from_rpc_error(error)
@@ -1106,8 +1308,7 @@ def compile_bindings(bindings: Sequence[Binding], backends: Backends) -> list[Co
     return [CompiledBinding(binding, backends) for binding in bindings]
 
 
-def routes(bindings: list[Binding], backends: Backends, settings: Settings) -> list[BaseRoute]:
+def routes(bindings: list[Binding], backends: Backends) -> list[BaseRoute]:
     """The transcoded API: one route for every binding (in the given, most specific first,
     order), then the JSON 404 for everything else."""
-    del settings  # the deadline and backend addresses come with `backends`
     return [TranscodingRoute(compile_bindings(bindings, backends)), NotFoundRoute()]

@@ -8,6 +8,7 @@ landed in Cairn, through Cairn's own SDK.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -246,5 +247,132 @@ def test_default_experiment_is_zero(tracking: MlflowClient, gateway_server: Serv
         assert tracker.get_experiment("Default").experiment_id == stored.experiment_id
         assert stored.metrics == {"m": 1.0}
         assert stored.status == "FINISHED"
+    finally:
+        tracker.close()
+
+
+class Doubler(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+    def predict(
+        self, context: object, model_input: list[float], params: object = None
+    ) -> list[float]:
+        return [2 * x for x in model_input]
+
+
+def test_log_model_and_load_it_back(
+    tracking: MlflowClient, gateway_server: ServerThread, tmp_path: Path
+) -> None:
+    """MLflow 3's logged models: log_model inside a run, read it, load it, predict, search,
+    tag it; its files are the run's MODEL artifacts in Cairn."""
+    import pandas as pd
+
+    experiment = mlflow.set_experiment("logged-models")
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_param("lr", "0.1")
+        mlflow.log_metric("acc", 0.5, step=0)
+        mlflow.log_metric("acc", 0.7, step=1)
+        frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
+        mlflow.log_input(mlflow.data.from_pandas(frame, name="train-df"), context="training")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Doubler(),
+            step=1,
+            tags={"team": "vision"},
+            pip_requirements=["mlflow-skinny"],  # no requirement inference (a subprocess)
+        )
+        mlflow.log_metric("acc", 0.9, step=1)
+    run_id = run.info.run_id
+    model_id = info.model_id
+    assert info.model_uri == f"models:/{model_id}"
+
+    model = mlflow.get_logged_model(model_id)
+    assert (model.name, model.status.to_proto(), model.source_run_id) == (
+        "model",
+        2,  # LOGGED_MODEL_READY
+        run_id,
+    )
+    assert model.experiment_id == experiment.experiment_id
+    assert model.params == {"lr": "0.1"}
+    assert model.tags["team"] == "vision"
+    assert model.artifact_location == (
+        f"mlflow-artifacts:/{experiment.experiment_id}/{run_id}/artifacts/models/{model_id}"
+    )
+    # log_model logs the step's metrics again with the model's id: stored once
+    history = tracking.get_metric_history(run_id, "acc")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7), (1, 0.9)]
+
+    stored_run = tracking.get_run(run_id)
+    assert [(o.model_id, o.step) for o in stored_run.outputs.model_outputs] == [(model_id, 1)]
+    [dataset_input] = stored_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "train-df"
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
+    assert not any(key.startswith("cairn.") for key in stored_run.data.tags)
+
+    # load it back: by model id and by run-relative name
+    for uri in (info.model_uri, f"runs:/{run_id}/model"):
+        loaded = mlflow.pyfunc.load_model(uri)
+        assert list(loaded.predict([1.0, 2.5])) == [2.0, 5.0], uri
+    assert [f.path for f in tracking.list_artifacts(run_id, "model")] == [
+        "model/MLmodel",
+        "model/conda.yaml",
+        "model/python_env.yaml",
+        "model/python_model.pkl",
+        "model/requirements.txt",
+    ]
+
+    tracking.set_logged_model_tags(model_id, {"stage": "prod"})
+    tracking.delete_logged_model_tag(model_id, "team")
+    assert "team" not in mlflow.get_logged_model(model_id).tags
+    external = mlflow.create_external_model(name="ext", source_run_id=run_id)
+    assert external.status.to_proto() == 2
+
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string="name = 'model' AND tags.stage = 'prod'",
+        output_format="list",
+    )
+    assert [m.model_id for m in found] == [model_id]
+    everything = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id], output_format="list"
+    )
+    assert [m.name for m in everything] == ["ext", "model"]  # newest first
+    first = tracking.search_logged_models([experiment.experiment_id], max_results=1)
+    second = tracking.search_logged_models(
+        [experiment.experiment_id], max_results=1, page_token=first.token
+    )
+    assert [m.name for m in first] + [m.name for m in second] == ["ext", "model"]
+    assert second.token is None
+    by_name = tracking.search_logged_models(
+        [experiment.experiment_id], order_by=[{"field_name": "name", "ascending": False}]
+    )
+    assert [m.name for m in by_name] == ["model", "ext"]
+    tracking.delete_logged_model(external.model_id)
+    with pytest.raises(MlflowException) as gone:
+        tracking.get_logged_model(external.model_id)
+    assert gone.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert [m.name for m in mlflow.search_logged_models(output_format="list")] == ["model"]
+
+    # outside a run: refused, saying why
+    with pytest.raises(MlflowException) as orphan:
+        mlflow.pyfunc.log_model(name="orphan", python_model=Doubler(), pip_requirements=[])
+    assert orphan.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "inside a run" in orphan.value.message
+
+    # in Cairn: the run's MODEL artifacts under models/<model_id>/, and the model's record
+    tracker = cairn.Tracker(gateway_server.address("tracker"), capture_environment=False)
+    try:
+        artifacts = {a.path: a for a in tracker.list_artifacts(run_id)}
+        files = sorted(p for p in artifacts if p.startswith(f"models/{model_id}/"))
+        assert [p.rsplit("/", 1)[1] for p in files] == [
+            "MLmodel",
+            "conda.yaml",
+            "python_env.yaml",
+            "python_model.pkl",
+            "requirements.txt",
+        ]
+        assert {artifacts[p].artifact_type for p in files} == {"model"}
+        assert artifacts[f"models/{model_id}.json"].artifact_type == "model"
+        stored = tracker.get_run(run_id)
+        listed = json.loads(stored.tags[f"cairn.mlflow.model.{model_id}"])
+        assert listed == {"name": "model", "created": model.creation_timestamp}
     finally:
         tracker.close()

@@ -9,25 +9,28 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from cairn.tracker.v1 import experiment_pb2, tracker_service_pb2_grpc
 from cairn.tracker.v1 import tracker_service_pb2 as pb
+from services.gateway import limits
 from services.gateway.backends import Backends
 from services.gateway.mlflow.protocol import (
     INTERNAL_ERROR,
+    NOT_IMPLEMENTED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     MlflowError,
     error_response,
+    from_idle_timeout,
+    from_input_error,
     from_rpc_error,
     invalid_parameter,
 )
@@ -39,7 +42,8 @@ DEFAULT_EXPERIMENT_ALIAS = "0"
 DEFAULT_EXPERIMENT_NAME = "Default"
 # Ids of Cairn resources (services/tracker/names.py) and MLflow's own experiment id rule.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+# HTTP status for a request whose client went away (nginx's convention; nothing is sent).
+CLIENT_CLOSED_REQUEST = 499
 # Wrapped Cairn page tokens: MLflow clients treat them as opaque.
 TOKEN_PREFIX = "cairn1."
 
@@ -178,15 +182,31 @@ class Endpoints:
 
     def __call__(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            incoming = request.headers.get("x-request-id", "")
-            request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+            request_id = limits.valid_request_id(request.headers.get("x-request-id"))
+            request.state.idle_seconds = self.backends.timeout  # body reads (limits)
             call: Call | None = None
             try:
-                call = Call(self.stub(), _metadata(request, request_id), self.backends.timeout)
-                result = await handler(request, call)
+                try:
+                    call = Call(self.stub(), _metadata(request, request_id), self.backends.timeout)
+                    result = await handler(request, call)
+                except limits.GatewayInputError as error:
+                    raise from_input_error(error) from None
+                except limits.IdleTimeoutError as error:
+                    raise from_idle_timeout(error) from None
                 response = result if isinstance(result, Response) else JSONResponse(result)
                 response.headers["X-Request-Id"] = request_id
                 return response
+            except ClientDisconnect:
+                log.info("MLflow %s %s: the client disconnected", request.method, request.url.path)
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise  # the server is stopping this request: let it
+                # A tracker call cancelled from this side (its request stream failed).
+                log.warning(
+                    "MLflow %s %s: the tracker call was cancelled", request.method, request.url.path
+                )
+                return error_response("CANCELLED", "the tracker call was cancelled", request_id)
             except MlflowError as error:
                 if (
                     error.error_code == RESOURCE_DOES_NOT_EXIST
@@ -194,7 +214,8 @@ class Endpoints:
                     and call.used_cached_default
                 ):
                     self.default.forget()  # the default experiment may have been purged
-                level = logging.WARNING if error.http_status >= 500 else logging.DEBUG
+                failed = error.http_status >= 500 and error.error_code != NOT_IMPLEMENTED
+                level = logging.WARNING if failed else logging.DEBUG
                 log.log(level, "MLflow %s %s: %s", request.method, request.url.path, error.message)
                 return error.response(request_id)
             except Exception:
@@ -205,6 +226,12 @@ class Endpoints:
 
         endpoint.__name__ = handler.__name__
         return endpoint
+
+
+def being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (not merely a call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _metadata(request: Request, request_id: str) -> tuple[tuple[str, str], ...]:

@@ -8,6 +8,7 @@ An experiment's description is MLflow's experiment tag mlflow.note.content.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,14 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cairn.tracker.v1 import experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
-from services.gateway.mlflow.protocol import Fields, double, invalid_parameter, json_double
+from services.gateway.mlflow.protocol import (
+    Fields,
+    double,
+    invalid_parameter,
+    json_double,
+    shown,
+    timestamp_ms,
+)
 from services.gateway.mlflow.translate import NOTE_TAG, RUN_NAME_TAG, USER_TAG
 
 # mlflow/utils/validation.py
@@ -26,12 +34,22 @@ MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
 MAX_ENTITY_KEY_LENGTH = 250
-MAX_EXPERIMENT_TAG_VAL_LENGTH = 20000
+# MLflow allows experiment tag values of 20,000 characters; Cairn stores at most 8,000.
+CAIRN_EXPERIMENT_TAG_VAL_LENGTH = 8000
 # mlflow/server/handlers.py: SearchRuns max_results; SearchExperiments' page limit.
 MAX_SEARCH_RESULTS = 50_000
 DEFAULT_SEARCH_RESULTS = 1000
 
 _NAME = re.compile(r"^[/\w.\- :]*$")
+
+# Run tags that record MLflow 3 logged models and a run's inputs and outputs
+# (logged_models.py); MLflow clients never see tags under HIDDEN_TAG_PREFIX as tags.
+HIDDEN_TAG_PREFIX = "cairn.mlflow."
+MARKER_TAG = "cairn.mlflow.logged_models"
+MODEL_TAG_PREFIX = "cairn.mlflow.model."
+OUTPUT_TAG_PREFIX = "cairn.mlflow.output."
+INPUT_TAG_PREFIX = "cairn.mlflow.input."
+DATASET_TAG_PREFIX = "cairn.mlflow.dataset."
 
 STATUS_TO_MLFLOW = {
     run_pb2.RUN_STATUS_QUEUED: "SCHEDULED",
@@ -58,19 +76,23 @@ def ms(timestamp: Timestamp) -> int:
     return int(timestamp.seconds * 1000 + timestamp.nanos // 1_000_000)
 
 
-def timestamp(milliseconds: int) -> Timestamp:
+def timestamp(milliseconds: int, name: str) -> Timestamp:
+    """A Timestamp for MLflow's epoch milliseconds (0 is the epoch, not "unset"); times
+    Cairn cannot store (before year 1, after 9999) are INVALID_PARAMETER_VALUE."""
     value = Timestamp()
-    value.FromMilliseconds(milliseconds)
+    value.FromMilliseconds(timestamp_ms(milliseconds, name))
     return value
 
 
 def run_status(value: Any) -> run_pb2.RunStatus:
     """Cairn's RunStatus for MLflow's status (its name or number)."""
-    name = _STATUS_NUMBERS.get(value) if isinstance(value, int) else value
+    name = value
+    if isinstance(value, int) and not isinstance(value, bool):
+        name = _STATUS_NUMBERS.get(value)
     if isinstance(name, str) and name.upper() in STATUS_FROM_MLFLOW:
         return STATUS_FROM_MLFLOW[name.upper()]
     raise invalid_parameter(
-        f"Invalid value {value!r} for parameter 'status' supplied; valid statuses are "
+        f"Invalid value {shown(value)} for parameter 'status' supplied; valid statuses are "
         f"{list(STATUS_FROM_MLFLOW)}"
     )
 
@@ -80,13 +102,15 @@ def view_type(value: Any, name: str) -> lifecycle_pb2.LifecycleFilter:
     absent)."""
     if value is None or value == "":
         return lifecycle_pb2.LIFECYCLE_FILTER_ACTIVE_ONLY
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    key = _VIEW_NUMBERS.get(value) if isinstance(value, int) else value
+    key = value
+    if isinstance(value, str) and value.strip() in ("1", "2", "3"):
+        key = _VIEW_NUMBERS[int(value)]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        key = _VIEW_NUMBERS.get(value)
     if isinstance(key, str) and key.upper() in VIEW_TYPES:
         return VIEW_TYPES[key.upper()]
     raise invalid_parameter(
-        f"Invalid value {value!r} for parameter '{name}' supplied; valid values are "
+        f"Invalid value {shown(value)} for parameter '{name}' supplied; valid values are "
         "ACTIVE_ONLY, DELETED_ONLY and ALL"
     )
 
@@ -144,7 +168,7 @@ def metric_json(key: str, value: float, step: int, when: Timestamp) -> dict[str,
 
 def run_tags(run: run_pb2.Run) -> dict[str, str]:
     """The run's tags as MLflow shows them, with the name, user and note as tags."""
-    tags = dict(run.tags)
+    tags = {k: v for k, v in run.tags.items() if not k.startswith(HIDDEN_TAG_PREFIX)}
     for key in (RUN_NAME_TAG, USER_TAG, NOTE_TAG):
         tags.pop(key, None)
     if run.run_name:
@@ -156,8 +180,40 @@ def run_tags(run: run_pb2.Run) -> dict[str, str]:
     return tags
 
 
+def run_inputs_outputs(tags: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's MLflow ``inputs`` and ``outputs`` from its hidden tags."""
+    datasets: list[Any] = []
+    models_in: list[dict[str, Any]] = []
+    models_out: list[dict[str, Any]] = []
+    for key in sorted(tags):
+        if not key.startswith(HIDDEN_TAG_PREFIX):
+            continue
+        if key.startswith(OUTPUT_TAG_PREFIX):
+            step = tags[key]
+            models_out.append(
+                {
+                    "model_id": key[len(OUTPUT_TAG_PREFIX) :],
+                    "step": int(step) if step.lstrip("-").isdigit() else 0,
+                }
+            )
+        elif key.startswith(INPUT_TAG_PREFIX):
+            models_in.append({"model_id": key[len(INPUT_TAG_PREFIX) :]})
+        elif key.startswith(DATASET_TAG_PREFIX):
+            try:
+                datasets.append(json.loads(tags[key]))
+            except ValueError:
+                continue
+    inputs: dict[str, Any] = {}
+    if datasets:
+        inputs["dataset_inputs"] = datasets
+    if models_in:
+        inputs["model_inputs"] = models_in
+    return inputs, ({"model_outputs": models_out} if models_out else {})
+
+
 def run_json(run: run_pb2.Run, experiment_id: str) -> dict[str, Any]:
     metrics = [metric_json(m.key, m.value, m.step, m.timestamp) for m in run.metrics]
+    inputs, outputs = run_inputs_outputs(run.tags)
     return {
         "info": run_info_json(run, experiment_id),
         "data": {
@@ -165,7 +221,8 @@ def run_json(run: run_pb2.Run, experiment_id: str) -> dict[str, Any]:
             "params": [{"key": k, "value": v} for k, v in sorted(run.params.items())],
             "tags": [{"key": k, "value": v} for k, v in sorted(run_tags(run).items())],
         },
-        "inputs": {},
+        "inputs": inputs,
+        "outputs": outputs,
     }
 
 
@@ -180,8 +237,12 @@ def _path_not_unique(name: str) -> bool:
 def _check_name(name: Any, path: str, what: str) -> str:
     if not isinstance(name, str) or name == "":
         raise invalid_parameter(
-            f"Invalid value {name!r} for parameter '{path}' supplied: "
+            f"Invalid value {shown(name)} for parameter '{path}' supplied: "
             f"{what} name cannot be empty. A key name must be provided."
+        )
+    if len(name) > MAX_ENTITY_KEY_LENGTH:
+        raise invalid_parameter(
+            f"'{path}' exceeds the maximum length of {MAX_ENTITY_KEY_LENGTH} characters"
         )
     if not _NAME.match(name):
         raise invalid_parameter(
@@ -194,10 +255,6 @@ def _check_name(name: Any, path: str, what: str) -> str:
             f"Invalid value {name!r} for parameter '{path}' supplied: Names may be treated as "
             "files in certain cases, and must not resolve to other names when treated as such. "
             f"This name would resolve to {posixpath.normpath(name)!r}"
-        )
-    if len(name) > MAX_ENTITY_KEY_LENGTH:
-        raise invalid_parameter(
-            f"'{path}' exceeds the maximum length of {MAX_ENTITY_KEY_LENGTH} characters"
         )
     return name
 
@@ -214,7 +271,8 @@ def check_param(key: Any, value: Any, path: str = "") -> tuple[str, str]:
         value = ""
     if not isinstance(value, str):
         raise invalid_parameter(
-            f"Invalid value {value!r} for parameter '{prefix}value' supplied: expected a string"
+            f"Invalid value {shown(value)} for parameter '{prefix}value' supplied: "
+            "expected a string"
         )
     _check_length(value, f"{prefix}value" if path else "Param value", MAX_PARAM_VAL_LENGTH)
     return key, value
@@ -227,9 +285,31 @@ def check_tag(key: Any, value: Any, path: str = "") -> tuple[str, str]:
         value = ""
     if not isinstance(value, str):
         raise invalid_parameter(
-            f"Invalid value {value!r} for parameter '{prefix}value' supplied: expected a string"
+            f"Invalid value {shown(value)} for parameter '{prefix}value' supplied: "
+            "expected a string"
         )
     _check_length(value, f"{prefix}value", MAX_TAG_VAL_LENGTH)
+    return key, value
+
+
+def check_experiment_tag(key: Any, value: Any, path: str = "") -> tuple[str, str]:
+    """An experiment tag. MLflow allows values of 20,000 characters; Cairn's limit is 8,000
+    and longer values are refused, naming it."""
+    prefix = f"{path}." if path else ""
+    key = _check_name(key, f"{prefix}key", "Tag")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise invalid_parameter(
+            f"Invalid value {shown(value)} for parameter '{prefix}value' supplied: "
+            "expected a string"
+        )
+    if len(value) > CAIRN_EXPERIMENT_TAG_VAL_LENGTH:
+        raise invalid_parameter(
+            f"'{prefix}value' has {len(value):,} characters: Cairn stores experiment tag "
+            f"values of at most {CAIRN_EXPERIMENT_TAG_VAL_LENGTH:,} characters (MLflow's own "
+            "limit is 20,000)"
+        )
     return key, value
 
 
@@ -250,10 +330,11 @@ def check_metric(entry: Mapping[str, Any], path: str = "") -> metric_pb2.Metric:
             f"'{key}' (value={value}). Timestamp must be a nonnegative long (64-bit integer)"
         )
     step = fields.integer("step") or 0
-    point = metric_pb2.Metric(key=key, value=value, step=step)
-    if when:
-        point.timestamp.CopyFrom(timestamp(when))
-    return point
+    # The tracker reads a zero timestamp as "now" (its SDK's unset value), so a point logged
+    # at the epoch (timestamp 0) is stored with the server's time.
+    return metric_pb2.Metric(
+        key=key, value=value, step=step, timestamp=timestamp(when, f"{prefix}timestamp")
+    )
 
 
 def check_batch_limits(metrics: int, params: int, tags: int) -> None:

@@ -37,6 +37,7 @@ from services.gateway.mlflow.protocol import (
     invalid_parameter,
     json_body,
     query_fields,
+    shown,
 )
 from services.gateway.mlflow.translate import NOTE_TAG, RUN_NAME_TAG, USER_TAG
 
@@ -129,7 +130,9 @@ class TrackingApi:
         description = ""
         tags: dict[str, str] = {}
         for index, tag in enumerate(fields.objects("tags")):
-            key, value = entities.check_tag(tag.get("key"), tag.get("value"), f"tags[{index}]")
+            key, value = entities.check_experiment_tag(
+                tag.get("key"), tag.get("value"), f"tags[{index}]"
+            )
             if key == NOTE_TAG:
                 description = value
             else:
@@ -144,7 +147,7 @@ class TrackingApi:
         except MlflowError as error:
             if error.error_code == RESOURCE_ALREADY_EXISTS:
                 raise MlflowError(
-                    RESOURCE_ALREADY_EXISTS, f"Experiment(name={name}) already exists."
+                    RESOURCE_ALREADY_EXISTS, f"Experiment(name={shown(name)}) already exists."
                 ) from None
             raise
         body = await self._experiment_json(call, created)
@@ -175,7 +178,9 @@ class TrackingApi:
             )
         except MlflowError as error:
             if error.error_code == RESOURCE_DOES_NOT_EXIST:
-                raise does_not_exist(f"Could not find experiment with name '{name}'") from None
+                raise does_not_exist(
+                    f"Could not find experiment with name '{shown(name)}'"
+                ) from None
             raise
         return {"experiment": await self._experiment_json(call, experiment)}
 
@@ -259,7 +264,7 @@ class TrackingApi:
         except MlflowError as error:
             if error.error_code == RESOURCE_ALREADY_EXISTS:
                 raise MlflowError(
-                    RESOURCE_ALREADY_EXISTS, f"Experiment(name={new_name}) already exists."
+                    RESOURCE_ALREADY_EXISTS, f"Experiment(name={shown(new_name)}) already exists."
                 ) from None
             raise
         return {}
@@ -289,20 +294,24 @@ class TrackingApi:
     async def set_experiment_tag(self, request: Request, call: Call) -> dict[str, Any]:
         fields = Fields(await json_body(request))
         experiment_id = fields.string("experiment_id", required=True)
-        key, value = entities.check_tag(
-            fields.string("key", required=True), fields.raw("value"), ""
+        key, value = entities.check_experiment_tag(
+            fields.string("key", required=True), fields.raw("value")
         )
         if key == NOTE_TAG:
             await self._update_experiment(
                 call, experiment_id, experiment_pb2.Experiment(description=value), "description"
             )
             return {}
-        # Cairn replaces an experiment's tags as a whole: read, merge, write.
-        experiment = await self._get_experiment(call, experiment_id)
-        tags = dict(experiment.tags)
-        tags[key] = value
-        await self._update_experiment(
-            call, experiment_id, experiment_pb2.Experiment(tags=tags), "tags"
+        cairn_id = await self.default.cairn_id(call, experiment_id)
+        # One key per write: concurrent writers of different keys never lose each other's.
+        await self._not_found_as(
+            call.unary(
+                "SetExperimentTags",
+                pb.SetExperimentTagsRequest(
+                    experiment=f"experiments/{cairn_id}", tags={key: value}
+                ),
+            ),
+            f"No Experiment with id={experiment_id} exists",
         )
         return {}
 
@@ -310,19 +319,29 @@ class TrackingApi:
         fields = Fields(await json_body(request))
         experiment_id = fields.string("experiment_id", required=True)
         key = fields.string("key", required=True)
-        experiment = await self._get_experiment(call, experiment_id)
-        if key == NOTE_TAG and experiment.description:
+        missing = f"No tag with name: {shown(key)} in experiment with id {shown(experiment_id)}"
+        if key == NOTE_TAG:
+            experiment = await self._get_experiment(call, experiment_id)
+            if not experiment.description:
+                raise does_not_exist(missing)
             await self._update_experiment(
                 call, experiment_id, experiment_pb2.Experiment(description=""), "description"
             )
             return {}
-        if key not in experiment.tags:
-            raise does_not_exist(f"No tag with name: {key} in experiment with id {experiment_id}")
-        tags = dict(experiment.tags)
-        del tags[key]
-        await self._update_experiment(
-            call, experiment_id, experiment_pb2.Experiment(tags=tags), "tags"
-        )
+        cairn_id = await self.default.cairn_id(call, experiment_id)
+        try:
+            await call.unary(
+                "DeleteExperimentTag",
+                pb.DeleteExperimentTagRequest(experiment=f"experiments/{cairn_id}", key=key),
+            )
+        except MlflowError as error:
+            if error.error_code == RESOURCE_DOES_NOT_EXIST:
+                if error.reason == "TAG_NOT_FOUND":
+                    raise does_not_exist(missing) from None
+                raise does_not_exist(
+                    f"No Experiment with id={shown(experiment_id)} exists"
+                ) from None
+            raise
         return {}
 
     @staticmethod
@@ -359,7 +378,8 @@ class TrackingApi:
         if run_name and tagged_name and run_name != tagged_name:
             raise invalid_parameter(
                 "Both 'run_name' argument and 'mlflow.runName' tag are specified, but with "
-                f"different values (run_name='{run_name}', mlflow.runName='{tagged_name}')."
+                f"different values (run_name='{shown(run_name)}', "
+                f"mlflow.runName='{shown(tagged_name)}')."
             )
         run = run_pb2.Run(
             run_name=run_name or tagged_name,
@@ -368,8 +388,8 @@ class TrackingApi:
             tags=tags,
         )
         start_time = fields.integer("start_time")
-        if start_time:
-            run.start_time.CopyFrom(entities.timestamp(start_time))
+        if start_time is not None:  # 0 is the epoch: set explicitly, it is not "now"
+            run.start_time.CopyFrom(entities.timestamp(start_time, "start_time"))
         cairn_id = await self.default.cairn_id(call, experiment_id)
         created = await self._not_found_as(
             call.unary(
@@ -398,8 +418,8 @@ class TrackingApi:
             run.status = entities.run_status(fields.raw("status"))
             paths.append("status")
         end_time = fields.integer("end_time")
-        if end_time:
-            run.end_time.CopyFrom(entities.timestamp(end_time))
+        if end_time is not None:
+            run.end_time.CopyFrom(entities.timestamp(end_time, "end_time"))
             paths.append("end_time")
         if fields.string("run_name"):
             run.run_name = fields.string("run_name")
@@ -494,16 +514,22 @@ class TrackingApi:
             raise invalid_parameter(
                 "Changing param values is not allowed. Param with key='{}' was already logged "
                 "with value='{}' for run ID='{}'. Attempted logging new value '{}'.".format(
-                    key,
-                    error.metadata.get("old_value", ""),
+                    shown(key),
+                    shown(error.metadata.get("old_value", "")),
                     run_id,
-                    error.metadata.get("new_value", params.get(key, "")),
+                    shown(error.metadata.get("new_value", params.get(key, ""))),
                 )
             ) from None
 
     async def _set_tags(self, call: Call, run_id: str, tags: dict[str, str]) -> None:
         """Sets run tags; mlflow.runName renames the run, mlflow.note.content sets its note
         and mlflow.user must match the run's user (fixed when Cairn created the run)."""
+        reserved = sorted(k for k in tags if k.startswith(entities.HIDDEN_TAG_PREFIX))
+        if reserved:
+            raise invalid_parameter(
+                f"Tags starting with '{entities.HIDDEN_TAG_PREFIX}' are reserved: Cairn records "
+                f"MLflow logged models, inputs and outputs in them (got {shown(reserved[0])})"
+            )
         tags = dict(tags)
         new_name = tags.pop(RUN_NAME_TAG, None)
         note = tags.pop(NOTE_TAG, None)
@@ -513,7 +539,7 @@ class TrackingApi:
             if user != run.user:
                 raise invalid_parameter(
                     f"The tag '{USER_TAG}' is the run's user, which Cairn fixes when the run "
-                    f"is created: it is '{run.user}' and cannot become '{user}'"
+                    f"is created: it is '{run.user}' and cannot become '{shown(user)}'"
                 )
         run = run_pb2.Run(name=_run_name(run_id))
         paths = []
@@ -577,16 +603,19 @@ class TrackingApi:
         if key == NOTE_TAG:
             run = await self._get_run(call, run_id, run_pb2.RUN_VIEW_BASIC)
             if not run.note:
-                raise does_not_exist(f"No tag with name: {key} in run with id {run_id}")
+                raise does_not_exist(f"No tag with name: {shown(key)} in run with id {run_id}")
             await self._set_tags(call, run_id, {NOTE_TAG: ""})
             return {}
+        name = _run_name(run_id)
         try:
-            await call.unary("DeleteRunTag", pb.DeleteRunTagRequest(run=_run_name(run_id), key=key))
+            await call.unary("DeleteRunTag", pb.DeleteRunTagRequest(run=name, key=key))
         except MlflowError as error:
             if error.error_code == RESOURCE_DOES_NOT_EXIST:
                 if error.reason == "RUN_NOT_FOUND":
                     raise does_not_exist(f"Run with id={run_id} not found") from None
-                raise does_not_exist(f"No tag with name: {key} in run with id {run_id}") from None
+                raise does_not_exist(
+                    f"No tag with name: {shown(key)} in run with id {run_id}"
+                ) from None
             raise
         return {}
 
@@ -613,6 +642,8 @@ class TrackingApi:
             entities.check_tag(t.get("key"), t.get("value"), f"tags[{i}]")
             for i, t in enumerate(tags)
         )
+        if any(isinstance(m, dict) and m.get("model_id") for m in metrics):
+            points = await self._not_yet_stored(call, run_id, points)
         if not (points or checked_params or checked_tags):
             await self._get_run(call, run_id, run_pb2.RUN_VIEW_BASIC)  # the run must exist
             return {}
@@ -624,6 +655,40 @@ class TrackingApi:
         if points:
             await self._log_metrics(call, run_id, points)
         return {}
+
+    async def _not_yet_stored(
+        self, call: Call, run_id: str, points: list[metric_pb2.Metric]
+    ) -> list[metric_pb2.Metric]:
+        """The points not in the run's history yet. mlflow.<flavor>.log_model logs the
+        run's metrics at the model's step again, with the model's id (MLflow keeps one copy
+        of a point); Cairn keys points by batch, so the copies are dropped here."""
+        stored: dict[tuple[str, int], set[tuple[str, int, int]]] = {}
+        for key, step in sorted({(p.key, p.step) for p in points}):
+            response = await self._not_found_as(
+                call.unary(
+                    "ListMetricHistory",
+                    pb.ListMetricHistoryRequest(
+                        run=_run_name(run_id),
+                        metric_key=key,
+                        page_size=HISTORY_PAGE,
+                        # Cairn reads 0..0 as "everything"
+                        start_step=step - 1 if step == 0 else step,
+                        end_step=step,
+                    ),
+                ),
+                f"Run with id={run_id} not found",
+            )
+            stored[(key, step)] = {
+                (repr(p.value), p.timestamp.seconds, p.timestamp.nanos // 1_000_000)
+                for p in response.points
+                if p.step == step
+            }
+        return [
+            p
+            for p in points
+            if (repr(p.value), p.timestamp.seconds, p.timestamp.nanos // 1_000_000)
+            not in stored[(p.key, p.step)]
+        ]
 
     async def get_metric_history(self, request: Request, call: Call) -> dict[str, Any]:
         fields = _fields_of(request)
@@ -690,6 +755,8 @@ class TrackingApi:
                 "end_step must be greater than start_step. "
                 f"Found start_step={start} and end_step={end}."
             )
+        # Cairn reads the step range 0..0 as "the whole history": ask for -1..0 and keep 0.
+        only_zero = start == 0 and end == 0
         metrics: list[dict[str, Any]] = []
         for run_id in sorted(set(run_ids)):
             response = await self._not_found_as(
@@ -699,13 +766,14 @@ class TrackingApi:
                         run=_run_name(run_id),
                         metric_key=key,
                         max_points=max_results,
-                        start_step=start or 0,
+                        start_step=-1 if only_zero else start or 0,
                         end_step=end or 0,
                     ),
                 ),
                 f"Run with id={run_id} not found",
             )
-            for point in response.points[:max_results]:
+            points = [p for p in response.points if p.step == 0 or not only_zero]
+            for point in points[:max_results]:
                 entry = entities.metric_json(key, point.value, point.step, point.timestamp)
                 entry["run_id"] = run_id
                 metrics.append(entry)

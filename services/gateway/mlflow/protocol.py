@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from services.gateway import limits
 from services.gateway.errors import status_from_rpc_error
 
 INVALID_PARAMETER_VALUE = "INVALID_PARAMETER_VALUE"
@@ -68,9 +69,14 @@ _FROM_GRPC: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.DATA_LOSS: "DATA_LOSS",
 }
 
-# Request bodies are JSON documents of at most this size (a full log-batch of 100 params of
-# 6,000 characters and 100 tags of 8,000 is about 1.5 MB).
-MAX_JSON_BYTES = 16 << 20
+# Request bodies are JSON documents of at most the gateway's limit for unary JSON bodies
+# (8 MiB; a full log-batch of 100 params of 6,000 characters and 100 tags of 8,000 is about
+# 1.5 MB); larger ones are refused with 413.
+MAX_JSON_BYTES = limits.MAX_JSON_BODY_BYTES
+# Client values echoed in error messages are cut to this many characters, and the tracker's
+# messages passed through to this many.
+MAX_SHOWN_CHARACTERS = 200
+MAX_PASSED_MESSAGE = 500
 API_DOCS_HINT = " See the API docs for more information about request parameters."
 
 
@@ -85,27 +91,43 @@ class MlflowError(Exception):
         *,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
+        http_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.message = message
         self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        self._http_status = http_status
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS.get(self.error_code, 500)
+        """MLflow's status for the code, unless the error names its own (413, 408)."""
+        return self._http_status or HTTP_STATUS.get(self.error_code, 500)
 
     def response(self, request_id: str) -> JSONResponse:
-        return error_response(self.error_code, self.message, request_id)
+        return error_response(self.error_code, self.message, request_id, self.http_status)
 
 
-def error_response(error_code: str, message: str, request_id: str) -> JSONResponse:
+def error_response(
+    error_code: str, message: str, request_id: str, http_status: int | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error_code": error_code, "message": message},
-        status_code=HTTP_STATUS.get(error_code, 500),
+        status_code=http_status or HTTP_STATUS.get(error_code, 500),
         headers={"X-Request-Id": request_id} if request_id else None,
     )
+
+
+def from_input_error(error: limits.GatewayInputError) -> MlflowError:
+    """Refused client input (the shared limits): INVALID_PARAMETER_VALUE, with the status
+    the gateway gives it everywhere (400, or 413 for a body over its limit)."""
+    return MlflowError(INVALID_PARAMETER_VALUE, error.message, http_status=error.http_status)
+
+
+def from_idle_timeout(error: limits.IdleTimeoutError) -> MlflowError:
+    """A stalled transfer: 408 when the client stopped sending, 504 when the tracker did."""
+    return MlflowError("DEADLINE_EXCEEDED", error.message, http_status=error.http_status)
 
 
 def invalid_parameter(message: str) -> MlflowError:
@@ -131,6 +153,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MlflowError:
             break
     error_code = _FROM_GRPC.get(code, INTERNAL_ERROR)
     message = status.message
+    if len(message) > MAX_PASSED_MESSAGE:  # a tracker message quoting a long input
+        message = message[: MAX_PASSED_MESSAGE - 3] + "..."
     if error_code == INTERNAL_ERROR:
         message = "internal error in the tracker" + (
             f" (request id {metadata['request_id']})" if "request_id" in metadata else ""
@@ -143,30 +167,38 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MlflowError:
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The JSON object of a request body ({} when empty), as MLflow's server reads it
-    (including the double-encoded JSON strings of old clients)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
-        raise invalid_parameter(f"the request body exceeds {MAX_JSON_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BYTES:
-            raise invalid_parameter(f"the request body exceeds {MAX_JSON_BYTES} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        return {}
+    (including the double-encoded JSON strings of old clients). Read and parsed by the
+    gateway's shared limits (size cap, idle timeout, big bodies parsed off the event loop);
+    every malformation is INVALID_PARAMETER_VALUE."""
+    idle = getattr(request.state, "idle_seconds", None)
     try:
-        data = json.loads(body)
-        if isinstance(data, str):
-            data = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_parameter("the request body is not valid JSON") from None
+        raw = await limits.read_body(request, limit=MAX_JSON_BYTES, idle_seconds=idle)
+        if not raw.strip():
+            return {}
+        data = await limits.offload(len(raw), _decode_object, raw)
+    except limits.GatewayInputError as error:
+        raise from_input_error(error) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise invalid_parameter("the request body must be a JSON object")
+    return data
+
+
+def _decode_object(raw: bytes) -> Any:
+    data = limits.parse_json(raw)
+    if isinstance(data, str):  # double-encoded by old clients
+        data = limits.parse_json(data)
+    if b"\\u" in raw:
+        # JSON escapes can spell lone surrogates, which no protobuf string can hold.
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeError:
+            raise limits.GatewayInputError(
+                "body", "invalid body: a string is not valid Unicode (a lone surrogate)"
+            ) from None
+        except RecursionError:
+            raise limits.GatewayInputError("body", "invalid body: nested too deeply") from None
     return data
 
 
@@ -184,10 +216,17 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def shown(value: object, limit: int = MAX_SHOWN_CHARACTERS) -> str:
+    """A client's value for an error message: a string as it is (MLflow's messages quote
+    names that way), anything else as JSON, cut to `limit` characters."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[: limit - 3]}..."
+    return limits.shorten(value, limit)
+
+
 def _type_error(name: str, value: object) -> MlflowError:
-    shown = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return invalid_parameter(
-        f"Invalid value {shown} for parameter '{name}' supplied. "
+        f"Invalid value {shown(value)} for parameter '{name}' supplied. "
         f"Hint: Value was of type '{type(value).__name__}'.{API_DOCS_HINT}"
     )
 
@@ -231,20 +270,7 @@ class Fields:
     def integer(self, name: str) -> int | None:
         """An int64 field: a JSON number or a decimal string (proto3 JSON); None if absent."""
         value = self.raw(name)
-        if value is None:
-            return None
-        if isinstance(value, bool):
-            raise _type_error(name, value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _type_error(name, value)
+        return None if value is None else int64(value, name)
 
     def strings(self, name: str) -> list[str]:
         value = self.raw(name)
@@ -265,25 +291,32 @@ class Fields:
         return value
 
 
+def int64(value: Any, name: str) -> int:
+    """An int64 in proto3 JSON (a number or a decimal string), range-checked."""
+    try:
+        return limits.to_int64(value, name)
+    except limits.GatewayInputError as error:
+        raise from_input_error(error) from None
+
+
+def timestamp_ms(value: int, name: str) -> int:
+    """Epoch milliseconds a google.protobuf.Timestamp can hold (years 1 to 9999)."""
+    try:
+        return limits.to_timestamp_ms(value, name)
+    except limits.GatewayInputError as error:
+        raise from_input_error(error) from None
+
+
 def double(value: Any, path: str) -> float:
     """A double in proto3 JSON: a number, or "NaN", "Infinity", "-Infinity" or a numeric
-    string."""
-    if isinstance(value, bool) or value is None:
+    string (an integer literal beyond the largest double is refused)."""
+    try:
+        return limits.to_double(value, path)
+    except limits.GatewayInputError:
         raise invalid_parameter(
-            f"Invalid value {json.dumps(value)} for parameter '{path}' supplied: "
+            f"Invalid value {shown(value)} for parameter '{path}' supplied: "
             "Please specify value as a valid double (64-bit floating point)"
-        )
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise invalid_parameter(
-        f"Invalid value {json.dumps(value, default=str)} for parameter '{path}' supplied: "
-        "Please specify value as a valid double (64-bit floating point)"
-    )
+        ) from None
 
 
 def json_double(value: float) -> float | str:

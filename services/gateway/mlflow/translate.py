@@ -18,6 +18,7 @@ Names MLflow derives from Cairn attributes are translated, so they search the at
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ ValueKind: TypeAlias = Literal["number", "text", "time", "status", "param"]
 RUN_NAME_TAG = "mlflow.runName"
 USER_TAG = "mlflow.user"
 NOTE_TAG = "mlflow.note.content"
-PARENT_RUN_TAG = "mlflow.parentRunId"
 
 MLFLOW_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
@@ -126,8 +126,7 @@ def _tokens(text: str, noun: str) -> list[_Token]:
         number = _NUMBER.match(text, i)
         if number:
             literal = number.group()
-            parsed = float(literal) if any(c in literal for c in ".eE") else int(literal)
-            tokens.append(_Token("number", literal, i, parsed))
+            tokens.append(_Token("number", literal, i, _number(literal, i)))
             i = number.end()
             continue
         if char == "`" or _WORD.match(text, i):
@@ -139,6 +138,19 @@ def _tokens(text: str, noun: str) -> list[_Token]:
         )
     tokens.append(_Token("end", "", len(text)))
     return tokens
+
+
+def _number(literal: str, position: int) -> int | float:
+    """A numeric literal: an int when it is one of at most 18 digits, else a finite double."""
+    if not any(c in literal for c in ".eE") and len(literal.lstrip("+-")) <= 18:
+        return int(literal)
+    value = float(literal)  # never raises for this syntax; out-of-range values are inf
+    if math.isinf(value):
+        raise invalid_parameter(
+            f"the number {_show(literal)} at position {position} is beyond the range of a "
+            "64-bit floating point value"
+        )
+    return value
 
 
 def _identifier(text: str, start: int) -> tuple[_Token, int]:
@@ -158,7 +170,7 @@ def _identifier(text: str, start: int) -> tuple[_Token, int]:
             bare = _BARE_KEY.match(text, after)
             if bare is None:
                 raise invalid_parameter(
-                    f"expected a key after {text[start:after]!r} at position {after}; "
+                    f"expected a key after {_show(text[start:after])} at position {after}; "
                     "quote keys with unusual characters in backticks: tags.`my key`"
                 )
             key, stop = bare.group(), bare.end()
@@ -170,6 +182,10 @@ def _identifier(text: str, start: int) -> tuple[_Token, int]:
 
 def _show(text: str) -> str:
     return repr(text if len(text) <= 200 else text[:197] + "...")
+
+
+def _show_value(value: Value) -> str:
+    return _show(value) if isinstance(value, str) else repr(value)
 
 
 # ---------------------------------------------------------------------- the tree
@@ -246,7 +262,7 @@ class _Parser:
 
     def fail(self, expected: str) -> MlflowError:
         token = self.current
-        found = "the end" if token.kind == "end" else repr(token.text)
+        found = "the end" if token.kind == "end" else _show(token.text)
         return invalid_parameter(
             f"Invalid {self.noun} {_show(self.text)}: expected {expected} "
             f"at position {token.position}, found {found}"
@@ -262,7 +278,7 @@ class _Parser:
         entity = _ENTITIES.get(token.entity)
         if entity is None:
             raise invalid_parameter(
-                f"Invalid entity type '{token.entity}' in {token.text!r} (position "
+                f"Invalid entity type {_show(token.entity)} in {_show(token.text)} (position "
                 f"{token.position}). Valid values are ['metric', 'parameter', 'tag', "
                 "'attribute', 'dataset']"
             )
@@ -360,7 +376,7 @@ class _Parser:
                 raise self.fail("NULL")
             self.advance()
             return NullCheck(field, is_not)
-        raise self.fail(f"a comparison operator after {field.text!r}")
+        raise self.fail(f"a comparison operator after {_show(field.text)}")
 
 
 # ---------------------------------------------------------------------- Cairn text
@@ -398,7 +414,7 @@ def _status_value(value: str) -> str:
     upper = value.upper()
     if upper not in MLFLOW_STATUSES:
         raise invalid_parameter(
-            f"Invalid run status {value!r}; valid statuses are {list(MLFLOW_STATUSES)}"
+            f"Invalid run status {_show(value)}; valid statuses are {list(MLFLOW_STATUSES)}"
         )
     return "QUEUED" if upper == "SCHEDULED" else upper
 
@@ -416,7 +432,8 @@ def _run_target(field: Field) -> Target:
         return Target(_cairn_key("tags", key), "text")
     if entity == "datasets":
         raise invalid_parameter(
-            f"{field.text!r}: dataset filters are not supported; Cairn records no dataset inputs"
+            f"{_show(field.text)}: dataset filters are not supported; Cairn records no "
+            "dataset inputs"
         )
     attribute = RUN_ATTRIBUTES.get(key)
     if attribute is None:
@@ -426,7 +443,7 @@ def _run_target(field: Field) -> Target:
                 "artifact URI from its ids; search attributes.run_id instead"
             )
         raise invalid_parameter(
-            f"Invalid attribute key '{key}' specified. Valid keys are "
+            f"Invalid attribute key {_show(key)} specified. Valid keys are "
             f"{sorted(k for k in RUN_ATTRIBUTES if k != 'run name')}"
         )
     return attribute
@@ -458,7 +475,7 @@ def experiment_target(default_id: Callable[[str], str]) -> Resolver:
             return Target(_cairn_key("tags", field.key), "text")
         if field.entity != "attributes":
             raise invalid_parameter(
-                f"Invalid entity type in {field.text!r}: experiments are searched by "
+                f"Invalid entity type in {_show(field.text)}: experiments are searched by "
                 "attributes (name, experiment_id, creation_time, last_update_time) and tags"
             )
         target = {
@@ -469,7 +486,7 @@ def experiment_target(default_id: Callable[[str], str]) -> Resolver:
         }.get(field.key)
         if target is None:
             raise invalid_parameter(
-                f"Invalid attribute key '{field.key}' specified. Valid keys are "
+                f"Invalid attribute key {_show(field.key)} specified. Valid keys are "
                 "['creation_time', 'experiment_id', 'last_update_time', 'name']"
             )
         return target
@@ -483,17 +500,17 @@ def _check_value(field: Field, target: Target, op: str, value: Value) -> str:
     if "LIKE" in op:
         if kind in ("number", "time"):
             raise invalid_parameter(
-                f"Invalid comparator '{op}' for {field.text!r}: it is numeric; use one of "
+                f"Invalid comparator '{op}' for {_show(field.text)}: it is numeric; use one of "
                 f"{sorted(_COMPARATORS)}"
             )
         if not isinstance(value, str):
-            raise invalid_parameter(f"{op} needs a quoted pattern for {field.text!r}")
+            raise invalid_parameter(f"{op} needs a quoted pattern for {_show(field.text)}")
         return _cairn_string(value)
     if kind == "number":
         if isinstance(value, str):
             raise invalid_parameter(
-                f"Expected numeric value type for metric. Found {_cairn_string(value)} "
-                f"(comparing {field.text!r})"
+                f"Expected numeric value type for metric. Found {_show(value)} "
+                f"(comparing {_show(field.text)})"
             )
         return repr(value)
     if kind == "time":
@@ -501,7 +518,7 @@ def _check_value(field: Field, target: Target, op: str, value: Value) -> str:
     if kind == "param":
         if isinstance(value, str) and op in _ORDERING:
             raise invalid_parameter(
-                f"Invalid comparator '{op}' for {field.text!r} with a quoted value: params "
+                f"Invalid comparator '{op}' for {_show(field.text)} with a quoted value: params "
                 "compare with =, !=, LIKE, ILIKE, IN and IS NULL, or with <, >, <=, >= "
                 "against a number"
             )
@@ -509,13 +526,13 @@ def _check_value(field: Field, target: Target, op: str, value: Value) -> str:
     # text and status
     if op in _ORDERING:
         raise invalid_parameter(
-            f"Invalid comparator '{op}' for {field.text!r}; valid comparators are "
+            f"Invalid comparator '{op}' for {_show(field.text)}; valid comparators are "
             "['!=', '=', 'LIKE', 'ILIKE', 'IN', 'NOT IN', 'IS NULL', 'IS NOT NULL']"
         )
     if not isinstance(value, str):
         raise invalid_parameter(
-            f"Expected a quoted string value for {field.text!r} (e.g. 'my-value'). "
-            f"Got value {value!r}"
+            f"Expected a quoted string value for {_show(field.text)} (e.g. 'my-value'). "
+            f"Got value {_show_value(value)}"
         )
     if target.map_value is not None:
         value = target.map_value(value)
@@ -546,6 +563,13 @@ def _translate_filter(text: str | None, resolve: Resolver) -> str:
     if text is None or not text.strip():
         return ""
     return _emit(_Parser(text, "filter").filter(), resolve)
+
+
+def parse_filter(text: str | None) -> Node | None:
+    """The tree of an MLflow filter (None for none), for filters evaluated by the gateway."""
+    if text is None or not text.strip():
+        return None
+    return _Parser(text, "filter").filter()
 
 
 def run_filter(text: str | None) -> str:
@@ -582,7 +606,7 @@ def run_order_by(items: Sequence[str]) -> str:
 def _experiment_order_target(field: Field) -> Target:
     if field.entity != "attributes":
         raise invalid_parameter(
-            f"Invalid order_by key {field.text!r}: experiments sort by name, experiment_id, "
+            f"Invalid order_by key {_show(field.text)}: experiments sort by name, experiment_id, "
             "creation_time or last_update_time"
         )
     return experiment_target(lambda value: value)(field)
