@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from services.analytics import app as analytics_app
 from services.common.server import (
     GrpcService,
     Runnable,
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 SpecBuilder = Callable[[Settings], ServiceSpec]
 
 # The gRPC services that exist, in start order; the gateway starts after them.
-GRPC_SERVICES: dict[str, SpecBuilder] = {"tracker": tracker_app.build_spec}
-SERVICES: tuple[ServiceName, ...] = ("tracker", "gateway")
+GRPC_SERVICES: dict[str, SpecBuilder] = {
+    "tracker": tracker_app.build_spec,
+    "analytics": analytics_app.build_spec,
+}
+SERVICES: tuple[ServiceName, ...] = ("tracker", "analytics", "gateway")
 MIGRATORS: dict[str, Callable[[Settings], None]] = {"tracker": tracker_app.migrate}
 
 
@@ -37,19 +41,17 @@ def build_service(
     bind = host if host is not None else settings.host
     if name == "gateway":
         from services.gateway.app import create_app
-        from services.gateway.server import HttpService
+        from services.gateway.server import DrainState, HttpService
 
-        holder: list[HttpService] = []
-        app = create_app(settings, is_draining=lambda: bool(holder) and holder[0].draining)
-        service = HttpService(
+        drain = DrainState()
+        return HttpService(
             "gateway",
-            app,
+            create_app(settings, drain=drain),
             host=bind,
             port=settings.gateway_port if port is None else port,
             grace=settings.shutdown_grace_seconds,
+            drain=drain,
         )
-        holder.append(service)
-        return service
     if name not in GRPC_SERVICES:
         raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICES)}")
     spec = GRPC_SERVICES[name](settings)

@@ -59,11 +59,14 @@ class ServerThread:
         self.thread.start()
         settings = self.settings
         for name in self.names:
-            if name == "gateway" and "tracker" in self.services:
-                # Backends listen on ephemeral ports: point the gateway at the real ones.
-                settings = settings.model_copy(
-                    update={"tracker_address": self.services["tracker"].address}
-                )
+            # Backends listen on ephemeral ports: point their clients at the real ones.
+            settings = settings.model_copy(
+                update={
+                    f"{backend}_address": self.services[backend].address
+                    for backend in ("tracker", "analytics")
+                    if backend in self.services
+                }
+            )
             # The settings say which port (0 in tests: an ephemeral one).
             service = build_service(settings, name, host="127.0.0.1")
             self.call(service.start())
@@ -92,6 +95,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "artifact_root": str(data_dir / "artifacts"),
         "tracker_port": 0,
         "tracker_metrics_port": 0,
+        "analytics_port": 0,
+        "analytics_metrics_port": 0,
         "gateway_port": 0,
         "worker_threads": 8,
         "shutdown_grace_seconds": 0,

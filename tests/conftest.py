@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cairn.analytics.v1 import analytics_service_pb2_grpc
 from cairn.tracker.v1 import tracker_service_pb2_grpc
 from services.common.settings import Settings
 
@@ -73,9 +74,37 @@ def tracker(tracker_channel: grpc.Channel) -> tracker_service_pb2_grpc.TrackerSe
 
 
 @pytest.fixture
+def analytics_server(settings: Settings) -> Iterator[ServerThread]:
+    """A tracker and the analytics service reading it, on ephemeral loopback ports."""
+    server = ServerThread(settings, ("tracker", "analytics")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def analytics(
+    analytics_server: ServerThread,
+) -> Iterator[
+    tuple[
+        tracker_service_pb2_grpc.TrackerServiceStub, analytics_service_pb2_grpc.AnalyticsServiceStub
+    ]
+]:
+    """Real stubs for the tracker (to seed runs) and analytics, on loopback."""
+    with (
+        grpc.insecure_channel(analytics_server.address("tracker")) as tracker_channel,
+        grpc.insecure_channel(analytics_server.address("analytics")) as analytics_channel,
+    ):
+        yield (
+            tracker_service_pb2_grpc.TrackerServiceStub(tracker_channel),
+            analytics_service_pb2_grpc.AnalyticsServiceStub(analytics_channel),
+        )
+
+
+@pytest.fixture
 def gateway_server(settings: Settings) -> Iterator[ServerThread]:
-    """A tracker and the REST gateway in front of it, on ephemeral loopback ports."""
-    server = ServerThread(settings, ("tracker", "gateway")).start()
+    """The tracker, analytics and the REST gateway in front of them, on ephemeral loopback
+    ports."""
+    server = ServerThread(settings, ("tracker", "analytics", "gateway")).start()
     yield server
     server.stop()
 

@@ -33,9 +33,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import bundle, stack, tracking
+    from cairn.cli import analytics, bundle, stack, tracking
 
-    for module in (stack, tracking, bundle):
+    for module in (stack, tracking, bundle, analytics):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -81,3 +81,39 @@ def emit(as_json: bool, data: Any, render: Callable[[], None]) -> None:
         print_json(data)
     else:
         render()
+
+
+def message_data(message: Any) -> dict[str, Any]:
+    """A protobuf message as plain JSON data with stable keys: every field present (defaults
+    included), field names as in the proto, enums by name, timestamps in ISO-8601, NaN and
+    infinite numbers as null."""
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    def scalar(field: Any, value: Any) -> Any:
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            names = field.enum_type.values_by_number
+            return names[value].name if value in names else value
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if isinstance(value, Timestamp):
+                if not value.seconds and not value.nanos:
+                    return None
+                return value.ToDatetime().isoformat() + "Z"
+            return message_data(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    data: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            data[field.name] = {k: scalar(value_field, v) for k, v in sorted(value.items())}
+        elif field.label == FieldDescriptor.LABEL_REPEATED:
+            data[field.name] = [scalar(field, v) for v in value]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
+            data[field.name] = None
+        else:
+            data[field.name] = scalar(field, value)
+    return data

@@ -267,15 +267,18 @@ def down(data_dir: Path | None) -> None:
 
 
 @click.command()
-@click.argument("service", type=click.Choice(["tracker", "gateway"]))
+@click.argument("service", type=click.Choice(["tracker", "analytics", "gateway"]))
 def serve(service: str) -> None:
     """Run one service (the container command on Kubernetes). Configured by CAIRN_* vars."""
     from services.common.logs import configure_logging
+    from services.embedded import MIGRATORS
     from services.embedded import serve as serve_services
 
     settings = _settings(None)
     configure_logging(settings.log_level, settings.log_format)
-    with startup_errors([settings.database_url_for(service)]):  # type: ignore[arg-type]
+    # Only the tracker owns a database; the others start without one.
+    urls = [settings.database_url_for(service)] if service in MIGRATORS else []  # type: ignore[arg-type]
+    with startup_errors(urls):
         serve_services(settings, [service])  # type: ignore[list-item]
 
 

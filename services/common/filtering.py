@@ -39,9 +39,13 @@ __all__ = [
     "Or",
     "OrderKey",
     "Value",
+    "all_of",
+    "field_text",
     "fields_of",
+    "parse_field",
     "parse_filter",
     "parse_order_by",
+    "quote_text",
 ]
 
 # Bounds on the work one request can ask of the parser and of the query it becomes.
@@ -642,3 +646,43 @@ def parse_order_by(text: str | None) -> list[OrderKey]:
             raise _error(_ORDER_BY, text, problem)
         seen.add(key.field)
     return keys
+
+
+def parse_field(text: str, argument: str) -> FieldRef:
+    """One field reference ("metrics.val_loss", "params.`learning-rate`", "status"), with the
+    same key syntax as filters; errors name `argument` (e.g. "columns")."""
+    try:
+        keys = parse_order_by(text)
+    except InvalidArgument as error:
+        raise InvalidArgument(
+            error.message.replace("invalid order_by", f"invalid {argument} entry", 1),
+            field=argument,
+            reason="INVALID_FIELD",
+            metadata=error.metadata,
+        ) from None
+    if len(keys) != 1 or keys[0].descending or text.strip().upper().endswith(" ASC"):
+        raise InvalidArgument(
+            f"invalid {argument} entry {text[:200]!r}: expected one field such as "
+            "metrics.accuracy, params.lr or status",
+            field=argument,
+            reason="INVALID_FIELD",
+        )
+    return keys[0].field
+
+
+def quote_text(value: str) -> str:
+    """A string literal of the filter grammar that parses back to exactly `value`."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def field_text(kind: FieldKind, key: str) -> str:
+    """Canonical filter text of a field (quoted with backticks when the key needs it)."""
+    return str(FieldRef(kind, key, 0))
+
+
+def all_of(*conditions: str) -> str:
+    """Filter text that holds when every non-empty condition holds."""
+    parts = [c.strip() for c in conditions if c and c.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else ""
+    return " AND ".join(f"({p})" for p in parts)

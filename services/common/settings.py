@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     tracker_port: int = Field(default=DEFAULT_GRPC_PORTS["tracker"], ge=0, le=65535)
     # Prometheus /metrics; 0 disables the endpoint.
     tracker_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["tracker"], ge=0, le=65535)
+    analytics_port: int = Field(default=DEFAULT_GRPC_PORTS["analytics"], ge=0, le=65535)
+    analytics_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["analytics"], ge=0, le=65535)
     metrics_host: str | None = None
 
     # The REST/JSON gateway (`cairn up` runs it; `cairn serve gateway` alone). It serves its
@@ -58,8 +60,13 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     # Where the gateway reaches each backend; default: this host's own service port.
     tracker_address: str | None = None
-    # Deadline of every backend call the gateway makes: an unavailable backend is a 503 after
-    # at most this long, never a hang.
+    analytics_address: str | None = None
+    # Deadline of a call one service makes to another (analytics reading the tracker), unless
+    # the incoming call's own deadline is sooner.
+    backend_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Deadline of every unary backend call the gateway makes (an unavailable backend is a 503,
+    # a slow one a 504, never a hang), and the idle timeout of its streaming transfers: each
+    # chunk from the client and each message from the backend must arrive within it.
     gateway_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Comma-separated origins allowed by CORS ("*" for any); empty disables CORS headers.
     gateway_cors_origins: str = ""

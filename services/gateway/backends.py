@@ -9,7 +9,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.settings import ServiceName, Settings
 
 # Full gRPC service name -> the Cairn service that serves it.
-SERVICE_OWNERS: dict[str, ServiceName] = {"cairn.tracker.v1.TrackerService": "tracker"}
+SERVICE_OWNERS: dict[str, ServiceName] = {
+    "cairn.tracker.v1.TrackerService": "tracker",
+    "cairn.analytics.v1.AnalyticsService": "analytics",
+}
 
 # A large message limit both ways: artifacts and metric histories pass through.
 _CHANNEL_OPTIONS = [
@@ -21,7 +24,6 @@ _CHANNEL_OPTIONS = [
 
 class Backends:
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self.timeout = settings.gateway_timeout_seconds
         self.addresses: dict[ServiceName, str] = {
             owner: settings.backend_address(owner) for owner in set(SERVICE_OWNERS.values())

@@ -33,7 +33,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
 )
-from services.common.filtering import parse_filter, parse_order_by
+from services.common.filtering import FieldRef, parse_field, parse_filter, parse_order_by
 from services.common.paging import PageTokenCodec, coerce_page_size
 from services.common.timeutil import now_ms
 from services.tracker.artifact_store import (
@@ -54,8 +54,10 @@ from services.tracker.store.store import (
     Lifecycle,
     MetricPointTuple,
     RunChanges,
+    RunKeys,
     RunQuery,
     RunState,
+    RunTableData,
     TrackerStore,
     artifact_exists_error,
 )
@@ -63,6 +65,13 @@ from services.tracker.store.store import (
 # Documented limits (README "Limits"); beyond them requests are INVALID_ARGUMENT. The SDK
 # checks the same ones, from cairn.validation, before it sends anything.
 MAX_FULL_VIEW_PAGE = 25
+MAX_TABLE_COLUMNS = 100
+DEFAULT_TABLE_LIMIT = 10_000
+MAX_TABLE_LIMIT = 100_000
+MAX_GROUP_BY = 5
+MAX_AGGREGATES = 20
+MAX_KEYS_PER_KIND = 1_000
+AGGREGATE_FUNCTIONS = frozenset({"COUNT", "MIN", "MAX", "AVG", "STDDEV"})
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
@@ -423,6 +432,96 @@ class TrackerService:
             page_token,
             lifecycle_filter,
             view,
+        )
+
+    def query_run_table(
+        self,
+        experiment_ids: Sequence[str],
+        filter_text: str,
+        lifecycle_filter: int,
+        columns: Sequence[str],
+        order_by: str,
+        limit: int,
+    ) -> RunTableData:
+        _check_ids(experiment_ids, "experiment_ids")
+        if not columns:
+            raise InvalidArgument("columns must name at least one field", field="columns")
+        if len(columns) > MAX_TABLE_COLUMNS:
+            raise InvalidArgument(
+                f"at most {MAX_TABLE_COLUMNS} columns, got {len(columns)}", field="columns"
+            )
+        fields = [parse_field(column, "columns") for column in columns]
+        return self.store.query_run_table(
+            sorted(set(experiment_ids)),
+            parse_filter(filter_text),
+            _lifecycle(lifecycle_filter),
+            fields,
+            parse_order_by(order_by or "start_time ASC"),
+            coerce_page_size(limit, default=DEFAULT_TABLE_LIMIT, maximum=MAX_TABLE_LIMIT),
+        )
+
+    def aggregate_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_text: str,
+        lifecycle_filter: int,
+        group_by: Sequence[str],
+        aggregates: Sequence[tuple[str, str]],
+    ) -> list[tuple[list[str], list[float]]]:
+        """aggregates: (function name COUNT|MIN|MAX|AVG|STDDEV, column or "")."""
+        _check_ids(experiment_ids, "experiment_ids")
+        if len(group_by) > MAX_GROUP_BY:
+            raise InvalidArgument(f"at most {MAX_GROUP_BY} group_by fields", field="group_by")
+        if not aggregates or len(aggregates) > MAX_AGGREGATES:
+            raise InvalidArgument(
+                f"between 1 and {MAX_AGGREGATES} aggregates are needed", field="aggregates"
+            )
+        groups = [parse_field(g, "group_by") for g in group_by]
+        for group in groups:
+            if group.kind in ("metrics",):
+                raise InvalidArgument(
+                    f"group_by {group}: group by attributes, params or tags, not metrics",
+                    field="group_by",
+                )
+        plan: list[tuple[str, FieldRef | None]] = []
+        for function, column in aggregates:
+            if function not in AGGREGATE_FUNCTIONS:
+                raise InvalidArgument(
+                    f"unknown aggregate function {function!r}; known: "
+                    + ", ".join(sorted(AGGREGATE_FUNCTIONS)),
+                    field="aggregates.function",
+                )
+            if not column:
+                if function != "COUNT":
+                    raise InvalidArgument(
+                        f"{function} needs a metrics.<key> column", field="aggregates.column"
+                    )
+                plan.append((function, None))
+                continue
+            parsed = parse_field(column, "aggregates.column")
+            if parsed.kind != "metrics":
+                raise InvalidArgument(
+                    f"aggregates work on metrics.<key> columns, not {parsed}",
+                    field="aggregates.column",
+                )
+            plan.append((function, parsed))
+        return self.store.aggregate_runs(
+            sorted(set(experiment_ids)),
+            parse_filter(filter_text),
+            _lifecycle(lifecycle_filter),
+            groups,
+            plan,
+        )
+
+    def list_run_keys(
+        self, experiment_ids: Sequence[str], filter_text: str, lifecycle_filter: int
+    ) -> RunKeys:
+        _check_ids(experiment_ids, "experiment_ids")
+        return self.store.list_run_keys(
+            sorted(set(experiment_ids)),
+            parse_filter(filter_text),
+            _lifecycle(lifecycle_filter),
+            MAX_KEYS_PER_KIND,
         )
 
     def update_run(self, run: run_pb2.Run, mask: Sequence[str]) -> run_pb2.Run:

@@ -20,6 +20,7 @@ from cairn.tracker.v1 import (
     artifact_pb2,
     experiment_pb2,
     run_pb2,
+    run_table_pb2,
     tracker_service_pb2_grpc,
 )
 from cairn.tracker.v1 import (
@@ -156,6 +157,75 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         )
         return pb.SearchRunsResponse(runs=runs, next_page_token=token)
 
+    async def QueryRunTable(
+        self, request: pb.QueryRunTableRequest, context: Context
+    ) -> run_table_pb2.RunTable:
+        table = await self.run(
+            self.service.query_run_table,
+            list(request.experiment_ids),
+            request.filter,
+            request.lifecycle_filter,
+            list(request.columns),
+            request.order_by,
+            request.limit,
+        )
+        return run_table_pb2.RunTable(
+            run_ids=table.run_ids,
+            experiment_ids=table.experiment_ids,
+            truncated=table.truncated,
+            columns=[
+                run_table_pb2.RunTableColumn(
+                    name=column.name,
+                    kind=run_table_pb2.COLUMN_KIND_NUMBER
+                    if column.kind == "number"
+                    else run_table_pb2.COLUMN_KIND_TEXT,
+                    numbers=column.numbers,
+                    texts=column.texts,
+                    present=column.present,
+                )
+                for column in table.columns
+            ],
+        )
+
+    async def AggregateRuns(
+        self, request: pb.AggregateRunsRequest, context: Context
+    ) -> pb.AggregateRunsResponse:
+        aggregates = [(_aggregate_function_name(a.function), a.column) for a in request.aggregates]
+        rows = await self.run(
+            self.service.aggregate_runs,
+            list(request.experiment_ids),
+            request.filter,
+            request.lifecycle_filter,
+            list(request.group_by),
+            aggregates,
+        )
+        return pb.AggregateRunsResponse(
+            rows=[run_table_pb2.AggregateRow(group=group, values=values) for group, values in rows]
+        )
+
+    async def ListRunKeys(
+        self, request: pb.ListRunKeysRequest, context: Context
+    ) -> pb.ListRunKeysResponse:
+        keys = await self.run(
+            self.service.list_run_keys,
+            list(request.experiment_ids),
+            request.filter,
+            request.lifecycle_filter,
+        )
+
+        def counts(rows: list[tuple[str, int, int]]) -> list[run_table_pb2.RunKeyCount]:
+            return [
+                run_table_pb2.RunKeyCount(key=k, run_count=n, distinct_value_count=d)
+                for k, n, d in rows
+            ]
+
+        return pb.ListRunKeysResponse(
+            param_keys=counts(keys.params),
+            metric_keys=counts(keys.metrics),
+            tag_keys=counts(keys.tags),
+            run_count=keys.run_count,
+        )
+
     async def UpdateRun(self, request: pb.UpdateRunRequest, context: Context) -> run_pb2.Run:
         return await self.run(self.service.update_run, request.run, list(request.update_mask.paths))
 
@@ -261,13 +331,13 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     ) -> artifact_pb2.Artifact:
         messages = aiter(request_iterator)
         try:
-            return await self._upload(messages)
+            return await self._upload(messages, context)
         except CairnError:
             await _drain(messages)
             raise
 
     async def _upload(
-        self, messages: AsyncIterator[pb.UploadArtifactRequest]
+        self, messages: AsyncIterator[pb.UploadArtifactRequest], context: Context
     ) -> artifact_pb2.Artifact:
         first = await anext(messages, None)
         if first is None or first.WhichOneof("payload") != "metadata":
@@ -295,6 +365,7 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
                 digest.update(message.chunk)
                 size += len(message.chunk)
                 spool.write(message.chunk)
+            await _ensure_client_finished(context)
             return await self.run(
                 self.service.finish_upload,
                 target,
@@ -339,6 +410,19 @@ DRAIN_LIMIT_BYTES = 256 << 20
 DRAIN_LIMIT_SECONDS = 10.0
 
 
+async def _ensure_client_finished(context: Context) -> None:
+    """Make sure a client stream ended because the client finished it, not because it was
+    cancelled: grpc.aio's request iterator ends the same way in both cases (a failed
+    receive is reported as end-of-stream), and context.cancelled() may not know yet. A call
+    the client cancelled is cancelled in the core by then, so sending on it fails: the
+    initial metadata (sent now instead of with the response) is the probe. A truncated
+    upload is never committed."""
+    try:
+        await context.send_initial_metadata(())
+    except Exception:
+        raise asyncio.CancelledError("the client cancelled the stream") from None
+
+
 async def _drain(stream: AsyncIterator[Any]) -> None:
     """Read (and drop) what a rejected client stream still sends, within limits.
 
@@ -372,3 +456,11 @@ class _ChunkReader:
             close = getattr(self._chunks, "close", None)
             if close is not None:
                 close()
+
+
+def _aggregate_function_name(value: int) -> str:
+    """COUNT, MIN... for an AggregateFunction; unknown numbers become a name the service
+    rejects with the list of known ones."""
+    if value in run_table_pb2.AggregateFunction.values() and value != 0:
+        return run_table_pb2.AggregateFunction.Name(value).removeprefix("AGGREGATE_FUNCTION_")
+    return "UNSPECIFIED" if value == 0 else str(value)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import cairn
 from services.gateway.mlflow import handlers, translate
@@ -70,7 +73,10 @@ class Gateway:
 
 
 def _start(
-    settings_dir: Path, url: str, names: tuple[str, ...] = ("tracker", "gateway"), **overrides: Any
+    settings_dir: Path,
+    url: str,
+    names: tuple[str, ...] = ("tracker", "analytics", "gateway"),
+    **overrides: Any,
 ) -> ServerThread:
     return ServerThread(make_settings(url, settings_dir, **overrides), names).start()
 
@@ -257,8 +263,8 @@ def test_errors_are_mlflow_shaped(gateway: Gateway) -> None:
     )
     for path, method in (
         ("/traces", "GET"),
-        ("/logged-models", "POST"),
-        ("/runs/log-inputs", "POST"),
+        ("/runs/log-model", "POST"),  # MLflow 2's record_logged_model
+        ("/logged-models/m-x/artifacts/directories", "GET"),
         ("/registered-models/create", "POST"),
     ):
         response = gateway.http.request(method, API + path, json={})
@@ -267,9 +273,25 @@ def test_errors_are_mlflow_shaped(gateway: Gateway) -> None:
     info = gateway.ok(gateway.http.get("/api/3.0/mlflow/server-info"))
     assert info["multipart_uploads_enabled"] is False
     assert info["multipart_downloads_enabled"] is False
-    assert gateway.ok(gateway.post("/logged-models/search", {"experiment_ids": ["1"]})) == {
+    empty = gateway.experiment()
+    assert gateway.ok(gateway.post("/logged-models/search", {"experiment_ids": [empty]})) == {
         "models": []
     }
+    _error(
+        gateway.post("/logged-models", {"experiment_id": empty, "name": "orphan"}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "log the model inside a run",
+    )
+    _error(gateway.get("/logged-models/m-nope"), 404, "RESOURCE_DOES_NOT_EXIST", "m-nope")
+    run_id = gateway.run(empty, "r")
+    _error(gateway.get(f"/logged-models/m-{run_id}-0123abcd"), 404, "RESOURCE_DOES_NOT_EXIST")
+    _error(
+        gateway.post("/runs/set-tag", {"run_id": run_id, "key": "cairn.mlflow.x", "value": "v"}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "reserved",
+    )
 
 
 # ---------------------------------------------------------------------- log-batch
@@ -981,3 +1003,606 @@ def test_protocol_doubles() -> None:
     ]
     with pytest.raises(MlflowError):
         double(True, "v")
+
+
+# ---------------------------------------------------------------------- experiment tags
+
+
+def test_concurrent_experiment_tags_are_all_stored(gateway: Gateway) -> None:
+    """Each set-experiment-tag writes its one key: concurrent writers lose nothing."""
+    experiment_id = gateway.experiment()
+    base = gateway.http.base_url
+
+    async def set_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{API}/experiments/set-experiment-tag",
+                        json={"experiment_id": experiment_id, "key": f"k{i}", "value": f"v{i}"},
+                    )
+                    for i in range(20)
+                )
+            )
+
+    responses = asyncio.run(set_all())
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses]
+    experiment = gateway.ok(gateway.get("/experiments/get", {"experiment_id": experiment_id}))
+    assert {t["key"]: t["value"] for t in experiment["experiment"]["tags"]} == {
+        f"k{i}": f"v{i}" for i in range(20)
+    }
+
+    # delete: the key goes, the others stay; a missing tag is MLflow's RESOURCE_DOES_NOT_EXIST
+    body = {"experiment_id": experiment_id, "key": "k3"}
+    gateway.ok(gateway.post("/experiments/delete-experiment-tag", body))
+    _error(
+        gateway.post("/experiments/delete-experiment-tag", body),
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+        f"No tag with name: k3 in experiment with id {experiment_id}",
+    )
+    missing = {"experiment_id": "f" * 32, "key": "k"}
+    _error(
+        gateway.post("/experiments/delete-experiment-tag", missing), 404, "RESOURCE_DOES_NOT_EXIST"
+    )
+    _error(
+        gateway.post("/experiments/set-experiment-tag", {**missing, "value": "v"}),
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+        "No Experiment with id",
+    )
+    tags = gateway.ok(gateway.get("/experiments/get", {"experiment_id": experiment_id}))
+    assert len(tags["experiment"]["tags"]) == 19
+
+    # MLflow allows 20,000 characters; Cairn stores 8,000 and says so
+    at_limit = {"experiment_id": experiment_id, "key": "long", "value": "x" * 8000}
+    gateway.ok(gateway.post("/experiments/set-experiment-tag", at_limit))
+    message = _error(
+        gateway.post("/experiments/set-experiment-tag", {**at_limit, "value": "x" * 8001}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "Cairn stores experiment tag values of at most 8,000 characters",
+    )
+    assert len(message) < 300
+    _error(
+        gateway.post(
+            "/experiments/create", {"name": "t", "tags": [{"key": "a", "value": "x" * 8001}]}
+        ),
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "8,000",
+    )
+
+
+# ---------------------------------------------------------------------- MLflow fidelity
+
+
+def test_epoch_times_and_statuses(gateway: Gateway) -> None:
+    experiment_id = gateway.experiment()
+    run = gateway.ok(
+        gateway.post("/runs/create", {"experiment_id": experiment_id, "start_time": 0})
+    )
+    info = run["run"]["info"]
+    assert info["start_time"] == 0  # the epoch, not "now"
+    run_id = info["run_id"]
+    # a metric at timestamp 0: the tracker reads a zero timestamp as "now" (documented)
+    gateway.ok(
+        gateway.post("/runs/log-metric", {"run_id": run_id, "key": "m", "value": 1, "timestamp": 0})
+    )
+    for status in (True, 1.5, "DONE", {"a": 1}):
+        _error(
+            gateway.post("/runs/update", {"run_id": run_id, "status": status}),
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "'status'",
+        )
+    updated = gateway.ok(gateway.post("/runs/update", {"run_id": run_id, "status": 3}))
+    assert updated["run_info"]["status"] == "FINISHED"
+
+    # steps 0..0 are MLflow's "step 0 only", not Cairn's "everything"
+    other = gateway.run(experiment_id, "steps")
+    metrics = [{"key": "s", "value": i, "timestamp": 10 + i, "step": i} for i in range(3)]
+    gateway.ok(gateway.post("/runs/log-batch", {"run_id": other, "metrics": metrics}))
+    bulk = gateway.ok(
+        gateway.get(
+            "/metrics/get-history-bulk-interval",
+            [("run_ids", other), ("metric_key", "s"), ("start_step", "0"), ("end_step", "0")],
+        )
+    )["metrics"]
+    assert [m["step"] for m in bulk] == [0]
+
+
+HUGE_INPUTS = [
+    ("/runs/log-metric", {"key": "m", "value": 10**400, "timestamp": 1}, "valid double"),
+    ("/runs/log-metric", {"key": "m", "value": 1, "timestamp": 2**62}, "timestamp"),
+    ("/runs/log-metric", {"key": "m", "value": 1, "timestamp": 1, "step": 2**70}, "step"),
+    ("/runs/log-metric", {"key": "m", "value": 1, "timestamp": "9" * 5000}, "timestamp"),
+    ("/runs/update", {"status": "FINISHED", "end_time": 2**62}, "end_time"),
+    ("/runs/update", {"end_time": -(2**63) - 1}, "end_time"),
+    ("/runs/log-batch", {"metrics": [{"key": "m", "value": 1, "timestamp": 10**30}]}, "timestamp"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "fragment"), HUGE_INPUTS)
+def test_out_of_range_numbers_are_invalid_parameters(
+    gateway: Gateway, path: str, body: dict[str, Any], fragment: str
+) -> None:
+    run_id = gateway.run(gateway.experiment(), "ranges")
+    message = _error(
+        gateway.post(path, {"run_id": run_id, **body}), 400, "INVALID_PARAMETER_VALUE", fragment
+    )
+    assert len(message) < 400, message
+
+
+def test_out_of_range_queries_and_filters(gateway: Gateway) -> None:
+    experiment_id = gateway.experiment()
+    run_id = gateway.run(experiment_id, "q")
+    huge = "9" * 5000
+    for response, fragment in (
+        (
+            gateway.post("/runs/create", {"experiment_id": experiment_id, "start_time": 2**70}),
+            "start_time",
+        ),
+        (gateway.get("/experiments/search", {"view_type": huge}), "view_type"),
+        (gateway.post("/experiments/search", {"max_results": 10**30}), "max_results"),
+        (
+            gateway.post(
+                "/runs/search", {"experiment_ids": [experiment_id], "filter": f"metrics.a > {huge}"}
+            ),
+            "beyond the range",
+        ),
+        (
+            gateway.post(
+                "/runs/search",
+                {"experiment_ids": [experiment_id], "filter": f"metrics.a > 1{'0' * 400}.5"},
+            ),
+            "beyond the range",
+        ),
+        (
+            gateway.get(
+                "/metrics/get-history-bulk-interval",
+                [
+                    ("run_ids", run_id),
+                    ("metric_key", "m"),
+                    ("start_step", str(2**70)),
+                    ("end_step", str(2**71)),
+                ],
+            ),
+            "start_step",
+        ),
+        (
+            gateway.get(
+                "/metrics/get-history", {"run_id": run_id, "metric_key": "m", "max_results": huge}
+            ),
+            "max_results",
+        ),
+    ):
+        message = _error(response, 400, "INVALID_PARAMETER_VALUE", fragment)
+        assert len(message) < 500, message
+    # 18-digit integers stay integers, longer ones compare as doubles
+    assert (
+        translate.run_filter("metrics.a > 123456789012345678") == "metrics.a > 123456789012345678"
+    )
+    assert translate.run_filter(f"metrics.a > 1{'0' * 30}") == "metrics.a > 1e+30"
+
+
+# ---------------------------------------------------------------------- hostile input
+
+
+def _served_routes(gateway: Gateway) -> list[tuple[str, str]]:
+    """(method, path template) of every route the MLflow layer serves (one prefix each)."""
+    from services.gateway import mlflow as layer
+    from services.gateway.backends import Backends
+
+    settings = gateway.server.settings
+    served = []
+    for route in layer.routes(Backends(settings), settings):
+        path = getattr(route, "path", "")
+        catch_all = path.endswith("/{rest:path}") and "/mpu/" not in path
+        if path.startswith("/ajax-api/") or catch_all:
+            continue
+        served += [(method, path) for method in sorted(getattr(route, "methods", set()) - {"HEAD"})]
+    return served
+
+
+def _mlflow_messages() -> dict[str, Any]:
+    """MLflow's request message for each tracking path (its fields are what a route reads)."""
+    from mlflow.protos.service_pb2 import MlflowService
+    from mlflow.utils.rest_utils import _REST_API_PATH_PREFIX, extract_api_info_for_service
+
+    messages: dict[str, Any] = {}
+    for message, (path, _method) in extract_api_info_for_service(
+        MlflowService, _REST_API_PATH_PREFIX
+    ).items():
+        messages.setdefault(path, message)
+    return messages
+
+
+HOSTILE_VALUES: list[Any] = [
+    10**400,  # an integer literal beyond every double
+    2**63,  # one past int64
+    "9" * 5000,  # past Python's int() digit limit
+    True,
+    None,
+    "nul\x00byte",
+    "x" * 20_000,  # past every length limit
+    [[1, [2, [3]]], {"a": None}],
+    {"nested": {"deeper": [1.5]}},
+]
+# Inside the first element of a repeated message field (metrics, params, tags, models...).
+NESTED_HOSTILE_VALUES: list[Any] = [10**400, 2**63, "9" * 5000, [], "nul\x00byte"]
+HOSTILE_QUERY_VALUES = ["9" * 5000, "nul\x00byte", "-1", "true", "x" * 20_000, "", "\u2603" * 100]
+
+
+def _valid_value(field: Any, ids: dict[str, str]) -> Any:
+    """A plausible value for an MLflow request field (ids of real resources)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    by_name = {
+        "experiment_id": ids["experiment"],
+        "run_id": ids["run"],
+        "run_uuid": ids["run"],
+        "source_run_id": ids["run"],
+        "model_id": ids["model"],
+    }
+    if field.name in by_name:
+        value: Any = by_name[field.name]
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        value = {f.name: _valid_value(f, ids) for f in field.message_type.fields}
+    elif field.type == FieldDescriptor.TYPE_ENUM:
+        value = field.enum_type.values[-1].name
+    elif field.type == FieldDescriptor.TYPE_BOOL:
+        value = False
+    elif field.type == FieldDescriptor.TYPE_STRING:
+        value = {"experiment_ids": ids["experiment"], "run_ids": ids["run"]}.get(field.name, "k")
+    elif field.type == FieldDescriptor.TYPE_DOUBLE:
+        value = 0.5
+    else:
+        value = 1
+    if field.is_repeated:
+        return [value]
+    return value
+
+
+def _hostile_bodies(message: Any, ids: dict[str, str]) -> list[dict[str, Any]]:
+    """For each field of the request (and of its repeated messages' first element), the
+    valid body with that one field hostile."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    valid = {f.name: _valid_value(f, ids) for f in message.DESCRIPTOR.fields}
+    bodies = []
+    for descriptor in message.DESCRIPTOR.fields:
+        name, repeated = descriptor.name, isinstance(valid[descriptor.name], list)
+        bodies += [{**valid, name: value} for value in HOSTILE_VALUES]
+        if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            element = valid[name][0] if repeated else valid[name]
+            for inner in element:
+                for value in NESTED_HOSTILE_VALUES:
+                    nested = {**element, inner: value}
+                    bodies.append({**valid, name: [nested] if repeated else nested})
+    return bodies
+
+
+RAW_BODIES: list[tuple[bytes, str]] = [
+    (b'{"a":' * 5000, "application/json"),  # unterminated and nested beyond the parser
+    (b"[" * 5000 + b"]" * 5000, "application/json"),  # valid, nested beyond the parser
+    (b'{"experiment_id": "' + b"\xff\xfe" * 10 + b'"}', "application/json"),  # not UTF-8
+    (b"", "application/json"),
+    (b"   ", "text/plain"),
+    (b'{"name": "x"}', "text/plain"),  # not declared as JSON
+    (b"experiment_id=1&name=x", "application/x-www-form-urlencoded"),
+    (b'{"name": "\\ud800", "key": "\\udfff"}', "application/json"),  # lone surrogates
+    (b'{"value": 1' + b"0" * 400 + b', "timestamp": 1' + b"0" * 5000 + b"}", "application/json"),
+    (b"[1, 2, 3]", "application/json"),
+    (b'"{\\"name\\": 7}"', "application/json"),  # double-encoded
+    (b"\x00\x01\x02", "application/octet-stream"),
+]
+OVERSIZED_BODY = b'{"name": "' + b"n" * 9_000_000 + b'"}'  # over the 8 MiB JSON body limit
+# Routes that answer NOT_IMPLEMENTED (501) whatever they are sent.
+UNIMPLEMENTED_PATHS = ("/api/2.0/mlflow-artifacts/mpu/", "/api/2.0/mlflow-artifacts/presigned/")
+
+
+def _check_answer(method: str, path: str, response: httpx.Response, sent: str) -> None:
+    where = f"{method} {path} with {sent[:120]!r}"
+    if path.startswith(UNIMPLEMENTED_PATHS) or (method == "DELETE" and path.startswith(ARTIFACTS)):
+        assert response.status_code == 501, where
+    else:
+        assert response.status_code < 500, (where, response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"error_code", "message"}, (where, body)
+        assert len(body["message"]) <= 600, (where, body["message"][:300])
+        assert "Traceback" not in body["message"]
+
+
+def test_hostile_input_never_fails_the_server(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every served MLflow route, sent a table of hostile bodies (and query strings): no 5xx,
+    always MLflow's error shape, never an echoed huge input."""
+    experiment_id = gateway.experiment()
+    run_id = gateway.run(experiment_id, "hostile")
+    model = gateway.ok(
+        gateway.post("/logged-models", {"experiment_id": experiment_id, "source_run_id": run_id})
+    )["model"]["info"]["model_id"]
+    ids = {"experiment": experiment_id, "run": run_id, "model": model}
+    messages = _mlflow_messages()
+    requests: list[tuple[str, str, str, dict[str, Any]]] = []  # method, path, sent, httpx kwargs
+    for method, template in _served_routes(gateway):
+        path = (
+            template.replace("{model_id}", model)
+            .replace("{tag_key:path}", "k")
+            .replace("{location:path}", f"{experiment_id}/{run_id}/artifacts/hostile.txt")
+            .replace("{rest:path}", "x")
+        )
+        reads_body = method not in ("GET", "DELETE") and not path.startswith(UNIMPLEMENTED_PATHS)
+        for raw, media_type in RAW_BODIES if reads_body else [(b"{}", "application/json")]:
+            requests.append(
+                (
+                    method,
+                    path,
+                    raw[:60].decode("latin-1"),
+                    {"content": raw, "headers": {"content-type": media_type}},
+                )
+            )
+        message = messages.get(template.replace("{tag_key:path}", "{tag_key}"))
+        if method == "GET":
+            fields = [f.name for f in message.DESCRIPTOR.fields] if message else ["path", "run_id"]
+            for name in fields:
+                for value in HOSTILE_QUERY_VALUES:
+                    requests.append((method, path, f"?{name}={value}", {"params": {name: value}}))
+        elif message is not None:
+            for body in _hostile_bodies(message, ids):
+                sent = json.dumps(body)
+                requests.append(
+                    (
+                        method,
+                        path,
+                        sent,
+                        {"content": sent.encode(), "headers": {"content-type": "application/json"}},
+                    )
+                )
+    hostile_ids = ("m-" + "x" * 5000, "m-%00-0123abcd", f"m-{run_id}-%ff%fe", "m-..%2F..")
+    for model_id in hostile_ids:
+        for method in ("GET", "PATCH", "DELETE"):
+            requests.append((method, f"{API}/logged-models/{model_id}", model_id, {"json": {}}))
+        requests.append(("POST", f"{API}/logged-models/{model_id}/params", model_id, {"json": {}}))
+    for path in (f"{API}/runs/log-batch", f"{API}/logged-models"):
+        requests.append(("POST", path, "9 MB", {"content": OVERSIZED_BODY}))
+    for attempt in ("%00", "a" * 5000, "%ff%fe", "x/" * 300 + "y", "%2e%2e/%2e%2e"):
+        location = f"{experiment_id}/{run_id}/artifacts/{attempt}"
+        requests += [
+            ("PUT", f"{ARTIFACTS}/{location}", attempt, {"content": b"x"}),
+            ("GET", f"{ARTIFACTS}/{location}", attempt, {}),
+            ("GET", ARTIFACTS, attempt, {"params": {"path": location}}),
+        ]
+
+    # One after the other: faster here than concurrent requests (one process, one GIL).
+    answers = [
+        (method, path, sent, gateway.http.request(method, path, **kwargs))
+        for method, path, sent, kwargs in requests
+    ]
+    failures = []
+    for method, path, sent, response in answers:
+        try:
+            _check_answer(method, path, response, sent)
+        except AssertionError as error:
+            failures.append(str(error)[:400])
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(sorted(set(failures))[:40])
+    assert len(requests) > 1200
+    assert "Exception in ASGI application" not in caplog.text
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=()), max_size=30)  # NUL, lone surrogates too
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FUZZED_ROUTES = [
+    "/runs/create",
+    "/runs/log-batch",
+    "/runs/search",
+    "/experiments/create",
+    "/runs/update",
+]
+
+
+@pytest.mark.parametrize("path", FUZZED_ROUTES)
+def test_arbitrary_json_objects_never_fail_the_server(gateway: Gateway, path: str) -> None:
+    """Hypothesis: JSON objects over the route's MLflow field names (plus any other keys),
+    with arbitrary JSON values, are never answered with a 5xx."""
+    messages = _mlflow_messages()
+    names = [f.name for f in messages[API + path].DESCRIPTOR.fields]
+    experiment_id = gateway.experiment()
+    run_id = gateway.run(experiment_id, "fuzzed")
+    known = st.sampled_from([*names, "experiment_id", "run_id"])
+    bodies = st.dictionaries(known | st.text(max_size=12), JSON_VALUES, max_size=8)
+
+    @hypothesis.settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    )
+    @hypothesis.given(body=bodies, ids=st.booleans())
+    def check(body: dict[str, Any], ids: bool) -> None:
+        if ids:  # real ids, so that the other fields are what is checked
+            body = {"experiment_id": experiment_id, "run_id": run_id, **body}
+        sent = json.dumps(body)  # ASCII: lone surrogates travel as \u escapes
+        response = gateway.http.post(
+            API + path, content=sent, headers={"content-type": "application/json"}
+        )
+        _check_answer("POST", API + path, response, sent)
+
+    check()
+
+
+# ---------------------------------------------------------------------- upload disconnects
+
+
+def _counter(gateway: Gateway, method: str, route: str, status: int) -> float:
+    """The gateway's request counter for one route template and status."""
+    text = gateway.http.get("/metrics").text
+    wanted = f'cairn_gateway_requests_total{{method="{method}",route="{route}",status="{status}"}}'
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_client_disconnect_mid_upload_is_499_and_stores_nothing(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    experiment_id = gateway.experiment()
+    run_id = gateway.run(experiment_id, "cut")
+    route = "/api/2.0/mlflow-artifacts/artifacts/{location:path}"
+    before = {status: _counter(gateway, "PUT", route, status) for status in (499, 500)}
+    host, port = gateway.server.address("gateway").rsplit(":", 1)
+    location = f"{experiment_id}/{run_id}/artifacts/cut/partial.bin"
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            f"PUT {ARTIFACTS}/{location} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 5000000\r\n\r\n".encode()
+            + b"z" * 3_000_000
+        )
+    # The request is over when the gateway counted it: 499, the client closed the request.
+    for _ in range(600):
+        if _counter(gateway, "PUT", route, 499) > before[499]:
+            break
+        time.sleep(0.05)
+    assert _counter(gateway, "PUT", route, 499) == before[499] + 1
+    assert _counter(gateway, "PUT", route, 500) == before[500]
+    assert "Exception in ASGI application" not in caplog.text
+    listed = gateway.ok(
+        gateway.http.get(ARTIFACTS, params={"path": f"{experiment_id}/{run_id}/artifacts/cut"})
+    )
+    assert listed == {"files": []}
+    tracker = gateway.tracker()
+    try:
+        assert tracker.list_artifacts(run_id) == []
+    finally:
+        tracker.close()
+
+
+def _read_response(connection: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = connection.recv(65536)
+        if not piece:
+            break
+        data += piece
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        piece = connection.recv(65536)
+        if not piece:
+            break
+        rest += piece
+    return int(head.split(b" ")[1]), rest
+
+
+def test_uploads_keep_going_while_they_move_and_end_when_they_stall(tmp_path: Path) -> None:
+    """No overall deadline for an artifact upload: a trickle that takes longer than the
+    gateway timeout succeeds; a client silent for longer is 408 and nothing is stored."""
+    url = sqlite_url(tmp_path)
+    with migrated_database(url):
+        pass
+    server = _start(tmp_path / "data", url, gateway_timeout_seconds=1.0)
+    try:
+        gateway = Gateway(
+            server,
+            httpx.Client(base_url=f"http://{server.address('gateway')}", timeout=30),
+            tmp_path / "data",
+        )
+        experiment_id = gateway.experiment()
+        run_id = gateway.run(experiment_id, "slow")
+        host, port = server.address("gateway").rsplit(":", 1)
+        root = f"{ARTIFACTS}/{experiment_id}/{run_id}/artifacts"
+        head = "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(head.format(f"{root}/trickle.bin", 5 * 1000).encode())
+            for _ in range(5):  # 5 x 0.4 s: twice the timeout in all, never idle for it
+                connection.sendall(b"t" * 1000)
+                time.sleep(0.4)
+            status, _ = _read_response(connection)
+        assert status == 200
+        assert gateway.http.get(f"{root}/trickle.bin").content == b"t" * 5000
+
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(head.format(f"{root}/stalled.bin", 5000).encode() + b"s" * 1000)
+            status, body = _read_response(connection)  # the client now sends nothing
+        assert status == 408
+        assert json.loads(body)["error_code"] == "DEADLINE_EXCEEDED"
+        _error(gateway.http.get(f"{root}/stalled.bin"), 404, "RESOURCE_DOES_NOT_EXIST")
+        gateway.http.close()
+    finally:
+        server.stop()
+
+
+def test_run_inputs_and_outputs(gateway: Gateway) -> None:
+    experiment_id = gateway.experiment()
+    run_id = gateway.run(experiment_id, "io")
+    model = gateway.ok(
+        gateway.post("/logged-models", {"experiment_id": experiment_id, "source_run_id": run_id})
+    )["model"]["info"]
+    assert model["status"] == "LOGGED_MODEL_PENDING"
+    dataset = {
+        "name": "wide",
+        "digest": "abc123",
+        "source_type": "code",
+        "source": "{}",
+        "schema": "s" * 9000,  # beyond a tag: dropped
+        "profile": '{"num_rows": 2}',
+    }
+    inputs = {
+        "run_id": run_id,
+        "datasets": [
+            {"tags": [{"key": "mlflow.data.context", "value": "eval"}], "dataset": dataset}
+        ],
+        "models": [{"model_id": model["model_id"]}],
+    }
+    gateway.ok(gateway.post("/runs/log-inputs", inputs))
+    gateway.ok(gateway.post("/runs/log-inputs", inputs))  # again: the same one input
+    outputs = {"run_id": run_id, "models": [{"model_id": model["model_id"], "step": 7}]}
+    gateway.ok(gateway.post("/runs/outputs", outputs))
+    run = gateway.ok(gateway.get("/runs/get", {"run_id": run_id}))["run"]
+    assert run["outputs"] == {"model_outputs": [{"model_id": model["model_id"], "step": 7}]}
+    assert run["inputs"]["model_inputs"] == [{"model_id": model["model_id"]}]
+    [recorded] = run["inputs"]["dataset_inputs"]
+    assert recorded["tags"] == [{"key": "mlflow.data.context", "value": "eval"}]
+    assert recorded["dataset"] == {**dataset, "schema": ""}
+    assert all(not t["key"].startswith("cairn.") for t in run["data"]["tags"])
+    searched = gateway.ok(gateway.post("/runs/search", {"experiment_ids": [experiment_id]}))
+    assert searched["runs"][0]["outputs"] == run["outputs"]
+
+    for path, body, fragment in (
+        ("/runs/outputs", {"run_id": run_id}, "models"),
+        ("/runs/outputs", {"run_id": run_id, "models": [{"model_id": "m-x"}]}, "not found"),
+        ("/runs/log-inputs", {"run_id": run_id, "datasets": [{"tags": []}]}, "dataset"),
+        (
+            "/runs/log-inputs",
+            {"run_id": run_id, "datasets": [{"dataset": {"name": "n"}}]},
+            "digest",
+        ),
+    ):
+        response = gateway.post(path, body)
+        assert response.status_code in (400, 404), response.text
+        assert fragment in response.json()["message"]
+    _error(
+        gateway.post("/runs/outputs", {"run_id": "f" * 32, "models": [outputs["models"][0]]}),
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+    )

@@ -84,7 +84,7 @@ def test_every_binding_is_an_operation(document: dict[str, Any], bindings: list[
         path, _ = expand_template(binding)
         op = document["paths"][path][binding.http_method.lower()]
         assert op["x-grpc-method"] == binding.grpc_path
-        assert op["tags"] == ["TrackerService"]
+        assert op["tags"] == [binding.method.containing_service.name]
         assert op["operationId"].startswith(binding.method.name)
     ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
@@ -125,7 +125,13 @@ def test_descriptions_carry_the_proto_comments(document: dict[str, Any]) -> None
         "params.model_type = 'xgboost' AND metrics.accuracy > 0.85"
         in (document["info"]["description"])
     )
-    assert document["tags"] == [{"name": "TrackerService", "description": service_comment}]
+    assert document["tags"] == [
+        {"name": "TrackerService", "description": service_comment},
+        {
+            "name": "AnalyticsService",
+            "description": comments["cairn.analytics.v1.AnalyticsService"],
+        },
+    ]
 
     _, _, create = operation(document, "CreateExperiment")
     assert create["summary"] == "Creates an experiment."

@@ -103,7 +103,7 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
 
 
 def start_gateway(settings: Any) -> ServerThread:
-    return ServerThread(settings, ("tracker", "gateway")).start()
+    return ServerThread(settings, ("tracker", "analytics", "gateway")).start()
 
 
 # =====================================================================================
@@ -123,8 +123,12 @@ def test_experiment_create_get_list_update_delete_restore(client: httpx.Client) 
     assert "runCount" not in experiment
 
     assert ok(client.get(f"/v1/{name}")) == experiment
-    # The resource name as one percent-encoded segment matches {name=experiments/*} too.
-    assert ok(client.get(f"/v1/experiments%2F{experiment_id}"))["name"] == name
+    # Paths match per http.proto: a resource name sent as one percent-encoded segment is ONE
+    # segment, which {name=experiments/*} (two segments) does not match; an encoded ":" is
+    # data, not a custom verb.
+    expect_error(client.get(f"/v1/experiments%2F{experiment_id}"), 404, 5, "ROUTE_NOT_FOUND")
+    response = client.post(f"/v1/experiments/{experiment_id}%3Arestore", json={})
+    expect_error(response, 405, 12, "METHOD_NOT_ALLOWED")  # {name=experiments/*} has no POST
     by_name = client.get(
         "/v1/experiments:byName", params={"display_name": experiment["displayName"]}
     )
@@ -474,7 +478,10 @@ def test_raw_upload_and_three_download_forms(client: httpx.Client) -> None:
     assert media.headers["content-type"] == "application/octet-stream"
     assert media.headers["content-length"] == str(len(data))
     assert media.headers["x-cairn-sha256"] == digest
-    assert media.headers["content-disposition"] == 'attachment; filename="m.pkl"'
+    assert (
+        media.headers["content-disposition"]
+        == "attachment; filename=\"m.pkl\"; filename*=UTF-8''m.pkl"
+    )
     assert media.headers["x-request-id"]
     assert media.content == data
 
@@ -674,11 +681,11 @@ def test_routing_errors(client: httpx.Client) -> None:
     assert error["message"] == "no route for GET /v2/nothing/here"
     response = client.put("/v1/experiments", json={})
     expect_error(response, 405, 12, "METHOD_NOT_ALLOWED")
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
     experiment = create_experiment(client)
     response = client.post(f"/v1/{experiment['name']}", json={})
     assert response.status_code == 405
-    assert set(response.headers["allow"].split(", ")) == {"DELETE", "GET", "PATCH"}
+    assert set(response.headers["allow"].split(", ")) == {"DELETE", "GET", "HEAD", "PATCH"}
 
 
 def test_tracker_errors_map_to_http(client: httpx.Client) -> None:
@@ -750,18 +757,17 @@ def test_authorization_passes_through(database_url: str, tmp_path: Path) -> None
         server.stop()
 
 
-def test_stopped_backend_is_503_quickly(database_url: str, tmp_path: Path) -> None:
+def test_stopped_backend_is_503(database_url: str, tmp_path: Path) -> None:
+    # No wait_for_ready: a backend that is down is UNAVAILABLE (503), not a DEADLINE_EXCEEDED
+    # (504) after waiting out the deadline.
     server = start_gateway(make_settings(database_url, tmp_path / "data"))
     try:
         with httpx.Client(base_url=f"http://{server.address('gateway')}", timeout=10) as http:
             ok(http.get("/v1/experiments"))
             tracker = server.services.pop("tracker")
             server.call(tracker.stop(0))
-            began = time.monotonic()
             error = expect_error(http.get("/v1/experiments"), 503, 14, "UNAVAILABLE")
-            assert time.monotonic() - began < 2.5
             assert "127.0.0.1" not in error["message"]  # no channel internals
-            began = time.monotonic()
             expect_error(http.post("/v1/experiments", json={"displayName": "x"}), 503, 14)
             expect_error(
                 http.get(
@@ -771,7 +777,6 @@ def test_stopped_backend_is_503_quickly(database_url: str, tmp_path: Path) -> No
                 503,
                 14,
             )
-            assert time.monotonic() - began < 2.5
             assert http.get("/healthz").status_code == 503
     finally:
         server.stop()
@@ -832,20 +837,45 @@ def test_metrics_count_requests_by_route_template(client: httpx.Client) -> None:
 # =====================================================================================
 
 
+def rpc_count(http: httpx.Client, counter: str, method: str) -> float:
+    """The tracker's grpc_server_<counter>_total for one method, all codes summed, from the
+    process-wide registry the gateway's /metrics serves (tracker and gateway share the test
+    process)."""
+    total = 0.0
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f"grpc_server_{counter}_total{{") and f'grpc_method="{method}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for_rpc(http: httpx.Client, counter: str, method: str, above: float) -> None:
+    """Wait (bounded) until the tracker has started/handled one more `method` call: a
+    condition, not a guess at how long the server needs."""
+    for _ in range(600):
+        if rpc_count(http, counter, method) > above:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the tracker never {counter} another {method} call")
+
+
 def test_client_disconnect_mid_upload_stores_nothing(
     client: httpx.Client, gateway_url: str
 ) -> None:
     run = create_run(client, create_experiment(client))
     host, port = gateway_url.removeprefix("http://").rsplit(":", 1)
     target = f"/v1/{run['name']}/artifacts:upload?metadata.path=partial.bin"
+    started = rpc_count(client, "started", "UploadArtifact")
+    handled = rpc_count(client, "handled", "UploadArtifact")
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         raw.sendall(
             f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {3 * MiB}\r\n\r\n".encode()
         )
         raw.sendall(os.urandom(MiB + 17))
-        time.sleep(0.2)
-    time.sleep(0.5)
+        # Disconnect only once the tracker is inside the upload.
+        wait_for_rpc(client, "started", "UploadArtifact", started)
+    # The tracker's call has ended (as CANCELLED) before we look at what it stored.
+    wait_for_rpc(client, "handled", "UploadArtifact", handled)
     assert ok(client.get(f"/v1/{run['name']}/artifacts")).get("artifacts", []) == []
     # The gateway is fine afterwards.
     ok(client.get(f"/v1/{run['name']}"))
@@ -856,20 +886,37 @@ def test_client_disconnect_mid_upload_stores_nothing(
 # =====================================================================================
 
 
+def _hang(context: grpc.ServicerContext) -> None:
+    """Answer nothing until the caller gives up (cancels or its deadline passes)."""
+    while context.is_active():
+        time.sleep(0.02)
+
+
 class _FaultyTracker:
-    """TrackerService methods that hang until the deadline or fail halfway through."""
+    """TrackerService methods that hang until the caller gives up, or fail halfway."""
 
     def get_experiment(self, request: Any, context: grpc.ServicerContext) -> Any:
-        while context.is_active():
-            time.sleep(0.02)
+        _hang(context)
         return experiment_pb2.Experiment()
 
     def download_artifact(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         response = tracker_service_pb2.DownloadArtifactResponse
+        if request.path == "stall/first":
+            _hang(context)
+            return
         artifact = artifact_pb2.Artifact(path="models/x.bin", size_bytes=2 * MiB, sha256="ab")
         yield response(artifact=artifact)
         yield response(chunk=b"\1" * MiB)
+        if request.path == "stall/after":
+            _hang(context)
+            return
         context.abort(grpc.StatusCode.DATA_LOSS, "the artifact store lost the rest")
+
+    def upload_artifact(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        for _ in requests:  # the whole body arrives, then no answer comes
+            pass
+        _hang(context)
+        return artifact_pb2.Artifact()
 
 
 @pytest.fixture
@@ -888,6 +935,11 @@ def faulty_gateway(tmp_path: Path) -> Iterator[str]:
                 faulty.download_artifact,
                 request_deserializer=requests.DownloadArtifactRequest.FromString,
                 response_serializer=requests.DownloadArtifactResponse.SerializeToString,
+            ),
+            "UploadArtifact": grpc.stream_unary_rpc_method_handler(
+                faulty.upload_artifact,
+                request_deserializer=requests.UploadArtifactRequest.FromString,
+                response_serializer=artifact_pb2.Artifact.SerializeToString,
             ),
         },
     )
@@ -910,10 +962,7 @@ def faulty_gateway(tmp_path: Path) -> Iterator[str]:
 
 def test_slow_backend_is_504_at_the_deadline(faulty_gateway: str) -> None:
     with httpx.Client(base_url=faulty_gateway, timeout=10) as http:
-        began = time.monotonic()
         error = expect_error(http.get("/v1/experiments/e1"), 504, 4, "DEADLINE_EXCEEDED")
-        elapsed = time.monotonic() - began
-        assert 0.4 < elapsed < 2.5
         assert "in time" in error["message"]
 
 
@@ -937,6 +986,38 @@ def test_stream_failing_midway(faulty_gateway: str) -> None:
         # Content-Length, so no client mistakes the prefix for the file.
         with pytest.raises(httpx.RemoteProtocolError):
             http.get(url, params={"path": "models/x.bin", "alt": "media"})
+
+
+def test_a_stalled_backend_stream_is_cut_by_the_idle_timeout(faulty_gateway: str) -> None:
+    """Streams have no flat deadline but an idle timeout (0.5 s here): a backend that sends
+    nothing for that long is a 504 before the response starts, an error event after."""
+    url = "/v1/experiments/e/runs/r/artifacts:download"
+    with httpx.Client(base_url=faulty_gateway, timeout=10) as http:
+        for extra in ({}, {"alt": "media"}):
+            response = http.get(url, params={"path": "stall/first", **extra})
+            expect_error(response, 504, 4, "BACKEND_TIMEOUT")
+
+        ndjson = http.get(url, params={"path": "stall/after"})
+        lines = [json.loads(line) for line in ndjson.text.splitlines()]
+        assert [next(iter(line)) for line in lines] == ["artifact", "chunk", "error"]
+        assert lines[-1]["error"]["code"] == 4
+        assert lines[-1]["error"]["details"][0]["reason"] == "BACKEND_TIMEOUT"
+        events = sse_events(
+            http.get(url, params={"path": "stall/after"}, headers={"accept": SSE}).text
+        )
+        assert [name for name, _ in events] == ["message", "message", "error"]
+        assert events[-1][1]["details"][0]["reason"] == "BACKEND_TIMEOUT"
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.get(url, params={"path": "stall/after", "alt": "media"})
+
+        # An upload whose backend never answers once the body is in.
+        upload = http.post(
+            "/v1/experiments/e/runs/r/artifacts:upload",
+            params={"metadata.path": "a.bin"},
+            content=b"x" * 1000,
+            headers={"content-type": "application/octet-stream"},
+        )
+        expect_error(upload, 504, 4, "BACKEND_TIMEOUT")
 
 
 # =====================================================================================
@@ -983,9 +1064,7 @@ def synthetic_url(gateway_server: ServerThread) -> Iterator[str]:
         yield
         await backends.close()
 
-    app = Starlette(
-        routes=transcoding.routes(SYNTHETIC_BINDINGS, backends, settings), lifespan=lifespan
-    )
+    app = Starlette(routes=transcoding.routes(SYNTHETIC_BINDINGS, backends), lifespan=lifespan)
     service = HttpService("synthetic", app, host="127.0.0.1", port=0, grace=0)
     gateway_server.call(service.start())
     try:

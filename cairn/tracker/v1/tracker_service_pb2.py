@@ -27,6 +27,7 @@ from cairn.tracker.v1 import experiment_pb2 as cairn_dot_tracker_dot_v1_dot_expe
 from cairn.tracker.v1 import lifecycle_pb2 as cairn_dot_tracker_dot_v1_dot_lifecycle__pb2
 from cairn.tracker.v1 import metric_pb2 as cairn_dot_tracker_dot_v1_dot_metric__pb2
 from cairn.tracker.v1 import run_pb2 as cairn_dot_tracker_dot_v1_dot_run__pb2
+from cairn.tracker.v1 import run_table_pb2 as cairn_dot_tracker_dot_v1_dot_run__table__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
@@ -35,7 +36,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cairn/tracker/v1/tracker_service.proto\x12\x10\x63\x61irn.tracker.v1\x1a\x1f\x63\x61irn/tracker/v1/artifact.proto\x1a!cairn/tracker/v1/experiment.proto\x1a cairn/tracker/v1/lifecycle.proto\x1a\x1d\x63\x61irn/tracker/v1/metric.proto\x1a\x1a\x63\x61irn/tracker/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"e\n\x17\x43reateExperimentRequest\x12\x36\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.cairn.tracker.v1.ExperimentB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x14GetExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"8\n\x1aGetExperimentByNameRequest\x12\x1a\n\x0c\x64isplay_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9e\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12;\n\x10lifecycle_filter\x18\x05 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.cairn.tracker.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x17UpdateExperimentRequest\x12\x36\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.cairn.tracker.v1.ExperimentB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x17\x44\x65leteExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"O\n\x18RestoreExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"\xc6\x01\n\x18SetExperimentTagsRequest\x12\x39\n\nexperiment\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x42\n\x04tags\x18\x02 \x03(\x0b\x32\x34.cairn.tracker.v1.SetExperimentTagsRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x19SetExperimentTagsResponse\"j\n\x1a\x44\x65leteExperimentTagRequest\x12\x39\n\nexperiment\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x13PurgeDeletedRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x65xperiment_ids\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"~\n\x14PurgeDeletedResponse\x12\x1f\n\x17purged_experiment_count\x18\x01 \x01(\x03\x12\x18\n\x10purged_run_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x66reed_bytes\x18\x03 \x01(\x03\x12\x16\n\x0epurged_run_ids\x18\x04 \x03(\t\"\x81\x01\n\x10\x43reateRunRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\"\n\x03run\x18\x02 \x01(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"f\n\rGetRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"\xf7\x01\n\x0fListRunsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\x12;\n\x10lifecycle_filter\x18\x06 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\'\n\x04view\x18\x07 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"P\n\x10ListRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xda\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12;\n\x10lifecycle_filter\x18\x06 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\'\n\x04view\x18\x07 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"R\n\x12SearchRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"m\n\x10UpdateRunRequest\x12(\n\x03run\x18\x01 \x01(\x0b\x32\x15.cairn.tracker.v1.RunB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x10\x44\x65leteRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\"A\n\x11RestoreRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\"\xae\x01\n\x10LogParamsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12>\n\x06params\x18\x02 \x03(\x0b\x32..cairn.tracker.v1.LogParamsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x11LogParamsResponse\x12\x17\n\x0fnew_param_count\x18\x01 \x01(\x05\"}\n\x11LogMetricsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x07metrics\x18\x03 \x03(\x0b\x32\x18.cairn.tracker.v1.Metric\"C\n\x12LogMetricsResponse\x12\x1a\n\x12stored_point_count\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x80\x01\n\x14StreamMetricsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x07metrics\x18\x03 \x03(\x0b\x32\x18.cairn.tracker.v1.Metric\"g\n\x15StreamMetricsResponse\x12\x13\n\x0b\x62\x61tch_count\x18\x01 \x01(\x03\x12\x1d\n\x15\x64uplicate_batch_count\x18\x02 \x01(\x03\x12\x1a\n\x12stored_point_count\x18\x03 \x01(\x03\"\xc2\x01\n\x18ListMetricHistoryRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x18\n\nmetric_key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x12\n\nstart_step\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_step\x18\x07 \x01(\x03\"\x93\x01\n\x19ListMetricHistoryResponse\x12-\n\x06points\x18\x01 \x03(\x0b\x32\x1d.cairn.tracker.v1.MetricPoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x19\n\x11total_point_count\x18\x04 \x01(\x03\"\xaa\x01\n\x11SetRunTagsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12;\n\x04tags\x18\x02 \x03(\x0b\x32-.cairn.tracker.v1.SetRunTagsRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12SetRunTagsResponse\"U\n\x13\x44\x65leteRunTagRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xbc\x01\n\x16UploadArtifactMetadata\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x12\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\rartifact_type\x18\x03 \x01(\x0e\x32\x1e.cairn.tracker.v1.ArtifactType\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\t\"q\n\x15UploadArtifactRequest\x12<\n\x08metadata\x18\x01 \x01(\x0b\x32(.cairn.tracker.v1.UploadArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"Z\n\x17\x44ownloadArtifactRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x12\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"f\n\x18\x44ownloadArtifactResponse\x12.\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x1a.cairn.tracker.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x82\x01\n\x14ListArtifactsRequest\x12.\n\x06parent\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"_\n\x15ListArtifactsResponse\x12-\n\tartifacts\x18\x01 \x03(\x0b\x32\x1a.cairn.tracker.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8d\x1c\n\x0eTrackerService\x12\x80\x01\n\x10\x43reateExperiment\x12).cairn.tracker.v1.CreateExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"#\x82\xd3\xe4\x93\x02\x1d\"\x0f/v1/experiments:\nexperiment\x12w\n\rGetExperiment\x12&.cairn.tracker.v1.GetExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=experiments/*}\x12\x81\x01\n\x13GetExperimentByName\x12,.cairn.tracker.v1.GetExperimentByNameRequest\x1a\x1c.cairn.tracker.v1.Experiment\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/experiments:byName\x12\x7f\n\x0fListExperiments\x12(.cairn.tracker.v1.ListExperimentsRequest\x1a).cairn.tracker.v1.ListExperimentsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/experiments\x12\x94\x01\n\x10UpdateExperiment\x12).cairn.tracker.v1.UpdateExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"7\x82\xd3\xe4\x93\x02\x31\x32#/v1/{experiment.name=experiments/*}:\nexperiment\x12w\n\x10\x44\x65leteExperiment\x12).cairn.tracker.v1.DeleteExperimentRequest\x1a\x16.google.protobuf.Empty\" \x82\xd3\xe4\x93\x02\x1a*\x18/v1/{name=experiments/*}\x12\x8a\x01\n\x11RestoreExperiment\x12*.cairn.tracker.v1.RestoreExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=experiments/*}:restore:\x01*\x12\x9f\x01\n\x11SetExperimentTags\x12*.cairn.tracker.v1.SetExperimentTagsRequest\x1a+.cairn.tracker.v1.SetExperimentTagsResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{experiment=experiments/*}:setTags:\x01*\x12\x90\x01\n\x13\x44\x65leteExperimentTag\x12,.cairn.tracker.v1.DeleteExperimentTagRequest\x1a\x16.google.protobuf.Empty\"3\x82\xd3\xe4\x93\x02-\"(/v1/{experiment=experiments/*}:deleteTag:\x01*\x12\x86\x01\n\x0cPurgeDeleted\x12%.cairn.tracker.v1.PurgeDeletedRequest\x1a&.cairn.tracker.v1.PurgeDeletedResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/experiments:purgeDeleted:\x01*\x12t\n\tCreateRun\x12\".cairn.tracker.v1.CreateRunRequest\x1a\x15.cairn.tracker.v1.Run\",\x82\xd3\xe4\x93\x02&\"\x1f/v1/{parent=experiments/*}/runs:\x03run\x12i\n\x06GetRun\x12\x1f.cairn.tracker.v1.GetRunRequest\x1a\x15.cairn.tracker.v1.Run\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=experiments/*/runs/*}\x12z\n\x08ListRuns\x12!.cairn.tracker.v1.ListRunsRequest\x1a\".cairn.tracker.v1.ListRunsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=experiments/*}/runs\x12\x86\x01\n\nSearchRuns\x12#.cairn.tracker.v1.SearchRunsRequest\x1a$.cairn.tracker.v1.SearchRunsResponse\"-\x82\xd3\xe4\x93\x02\'\"\x0f/v1/runs:search:\x01*Z\x11\x12\x0f/v1/runs:search\x12x\n\tUpdateRun\x12\".cairn.tracker.v1.UpdateRunRequest\x1a\x15.cairn.tracker.v1.Run\"0\x82\xd3\xe4\x93\x02*2#/v1/{run.name=experiments/*/runs/*}:\x03run\x12p\n\tDeleteRun\x12\".cairn.tracker.v1.DeleteRunRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=experiments/*/runs/*}\x12|\n\nRestoreRun\x12#.cairn.tracker.v1.RestoreRunRequest\x1a\x15.cairn.tracker.v1.Run\"2\x82\xd3\xe4\x93\x02,\"\'/v1/{name=experiments/*/runs/*}:restore:\x01*\x12\x89\x01\n\tLogParams\x12\".cairn.tracker.v1.LogParamsRequest\x1a#.cairn.tracker.v1.LogParamsResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/{run=experiments/*/runs/*}:logParams:\x01*\x12\x8d\x01\n\nLogMetrics\x12#.cairn.tracker.v1.LogMetricsRequest\x1a$.cairn.tracker.v1.LogMetricsResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/{run=experiments/*/runs/*}:logMetrics:\x01*\x12\x9b\x01\n\rStreamMetrics\x12&.cairn.tracker.v1.StreamMetricsRequest\x1a\'.cairn.tracker.v1.StreamMetricsResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/{run=experiments/*/runs/*}:streamMetrics:\x01*(\x01\x12\xa2\x01\n\x11ListMetricHistory\x12*.cairn.tracker.v1.ListMetricHistoryRequest\x1a+.cairn.tracker.v1.ListMetricHistoryResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/{run=experiments/*/runs/*}:metricHistory\x12\x8a\x01\n\nSetRunTags\x12#.cairn.tracker.v1.SetRunTagsRequest\x1a$.cairn.tracker.v1.SetRunTagsResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{run=experiments/*/runs/*}:setTags:\x01*\x12\x82\x01\n\x0c\x44\x65leteRunTag\x12%.cairn.tracker.v1.DeleteRunTagRequest\x1a\x16.google.protobuf.Empty\"3\x82\xd3\xe4\x93\x02-\"(/v1/{run=experiments/*/runs/*}:deleteTag:\x01*\x12\x9c\x01\n\x0eUploadArtifact\x12\'.cairn.tracker.v1.UploadArtifactRequest\x1a\x1a.cairn.tracker.v1.Artifact\"C\x82\xd3\xe4\x93\x02=\"8/v1/{metadata.run=experiments/*/runs/*}/artifacts:upload:\x01*(\x01\x12\xa6\x01\n\x10\x44ownloadArtifact\x12).cairn.tracker.v1.DownloadArtifactRequest\x1a*.cairn.tracker.v1.DownloadArtifactResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/{run=experiments/*/runs/*}/artifacts:download0\x01\x12\x95\x01\n\rListArtifacts\x12&.cairn.tracker.v1.ListArtifactsRequest\x1a\'.cairn.tracker.v1.ListArtifactsResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=experiments/*/runs/*}/artifactsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cairn/tracker/v1/tracker_service.proto\x12\x10\x63\x61irn.tracker.v1\x1a\x1f\x63\x61irn/tracker/v1/artifact.proto\x1a!cairn/tracker/v1/experiment.proto\x1a cairn/tracker/v1/lifecycle.proto\x1a\x1d\x63\x61irn/tracker/v1/metric.proto\x1a\x1a\x63\x61irn/tracker/v1/run.proto\x1a cairn/tracker/v1/run_table.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"e\n\x17\x43reateExperimentRequest\x12\x36\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.cairn.tracker.v1.ExperimentB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x14GetExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"8\n\x1aGetExperimentByNameRequest\x12\x1a\n\x0c\x64isplay_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9e\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12;\n\x10lifecycle_filter\x18\x05 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.cairn.tracker.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x17UpdateExperimentRequest\x12\x36\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.cairn.tracker.v1.ExperimentB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"N\n\x17\x44\x65leteExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"O\n\x18RestoreExperimentRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\"\xc6\x01\n\x18SetExperimentTagsRequest\x12\x39\n\nexperiment\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x42\n\x04tags\x18\x02 \x03(\x0b\x32\x34.cairn.tracker.v1.SetExperimentTagsRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x19SetExperimentTagsResponse\"j\n\x1a\x44\x65leteExperimentTagRequest\x12\x39\n\nexperiment\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x13PurgeDeletedRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x65xperiment_ids\x18\x02 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"~\n\x14PurgeDeletedResponse\x12\x1f\n\x17purged_experiment_count\x18\x01 \x01(\x03\x12\x18\n\x10purged_run_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x66reed_bytes\x18\x03 \x01(\x03\x12\x16\n\x0epurged_run_ids\x18\x04 \x03(\t\"\x81\x01\n\x10\x43reateRunRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\"\n\x03run\x18\x02 \x01(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"f\n\rGetRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\'\n\x04view\x18\x02 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"\xf7\x01\n\x0fListRunsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1ctracker.cairn.dev/Experiment\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\x12;\n\x10lifecycle_filter\x18\x06 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\'\n\x04view\x18\x07 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"P\n\x10ListRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xda\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12;\n\x10lifecycle_filter\x18\x06 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\'\n\x04view\x18\x07 \x01(\x0e\x32\x19.cairn.tracker.v1.RunView\"R\n\x12SearchRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.cairn.tracker.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb3\x01\n\x14QueryRunTableRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12;\n\x10lifecycle_filter\x18\x03 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\x15\n\x07\x63olumns\x18\x04 \x03(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08order_by\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\"\xc4\x01\n\x14\x41ggregateRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12;\n\x10lifecycle_filter\x18\x03 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\x12\x10\n\x08group_by\x18\x04 \x03(\t\x12\x35\n\naggregates\x18\x05 \x03(\x0b\x32\x1b.cairn.tracker.v1.AggregateB\x04\xe2\x41\x01\x02\"E\n\x15\x41ggregateRunsResponse\x12,\n\x04rows\x18\x01 \x03(\x0b\x32\x1e.cairn.tracker.v1.AggregateRow\"y\n\x12ListRunKeysRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12;\n\x10lifecycle_filter\x18\x03 \x01(\x0e\x32!.cairn.tracker.v1.LifecycleFilter\"\xc0\x01\n\x13ListRunKeysResponse\x12\x31\n\nparam_keys\x18\x01 \x03(\x0b\x32\x1d.cairn.tracker.v1.RunKeyCount\x12\x32\n\x0bmetric_keys\x18\x02 \x03(\x0b\x32\x1d.cairn.tracker.v1.RunKeyCount\x12/\n\x08tag_keys\x18\x03 \x03(\x0b\x32\x1d.cairn.tracker.v1.RunKeyCount\x12\x11\n\trun_count\x18\x04 \x01(\x03\"m\n\x10UpdateRunRequest\x12(\n\x03run\x18\x01 \x01(\x0b\x32\x15.cairn.tracker.v1.RunB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x10\x44\x65leteRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\"A\n\x11RestoreRunRequest\x12,\n\x04name\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\"\xae\x01\n\x10LogParamsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12>\n\x06params\x18\x02 \x03(\x0b\x32..cairn.tracker.v1.LogParamsRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x11LogParamsResponse\x12\x17\n\x0fnew_param_count\x18\x01 \x01(\x05\"}\n\x11LogMetricsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x07metrics\x18\x03 \x03(\x0b\x32\x18.cairn.tracker.v1.Metric\"C\n\x12LogMetricsResponse\x12\x1a\n\x12stored_point_count\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x80\x01\n\x14StreamMetricsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x07metrics\x18\x03 \x03(\x0b\x32\x18.cairn.tracker.v1.Metric\"g\n\x15StreamMetricsResponse\x12\x13\n\x0b\x62\x61tch_count\x18\x01 \x01(\x03\x12\x1d\n\x15\x64uplicate_batch_count\x18\x02 \x01(\x03\x12\x1a\n\x12stored_point_count\x18\x03 \x01(\x03\"\xc2\x01\n\x18ListMetricHistoryRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x18\n\nmetric_key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x12\n\nmax_points\x18\x05 \x01(\x05\x12\x12\n\nstart_step\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_step\x18\x07 \x01(\x03\"\x93\x01\n\x19ListMetricHistoryResponse\x12-\n\x06points\x18\x01 \x03(\x0b\x32\x1d.cairn.tracker.v1.MetricPoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0b\x64ownsampled\x18\x03 \x01(\x08\x12\x19\n\x11total_point_count\x18\x04 \x01(\x03\"\xaa\x01\n\x11SetRunTagsRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12;\n\x04tags\x18\x02 \x03(\x0b\x32-.cairn.tracker.v1.SetRunTagsRequest.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12SetRunTagsResponse\"U\n\x13\x44\x65leteRunTagRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xbc\x01\n\x16UploadArtifactMetadata\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x12\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\rartifact_type\x18\x03 \x01(\x0e\x32\x1e.cairn.tracker.v1.ArtifactType\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\t\"q\n\x15UploadArtifactRequest\x12<\n\x08metadata\x18\x01 \x01(\x0b\x32(.cairn.tracker.v1.UploadArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"Z\n\x17\x44ownloadArtifactRequest\x12+\n\x03run\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x12\n\x04path\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"f\n\x18\x44ownloadArtifactResponse\x12.\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x1a.cairn.tracker.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x82\x01\n\x14ListArtifactsRequest\x12.\n\x06parent\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15tracker.cairn.dev/Run\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"_\n\x15ListArtifactsResponse\x12-\n\tartifacts\x18\x01 \x03(\x0b\x32\x1a.cairn.tracker.v1.Artifact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf6\x1e\n\x0eTrackerService\x12\x80\x01\n\x10\x43reateExperiment\x12).cairn.tracker.v1.CreateExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"#\x82\xd3\xe4\x93\x02\x1d\"\x0f/v1/experiments:\nexperiment\x12w\n\rGetExperiment\x12&.cairn.tracker.v1.GetExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=experiments/*}\x12\x81\x01\n\x13GetExperimentByName\x12,.cairn.tracker.v1.GetExperimentByNameRequest\x1a\x1c.cairn.tracker.v1.Experiment\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/experiments:byName\x12\x7f\n\x0fListExperiments\x12(.cairn.tracker.v1.ListExperimentsRequest\x1a).cairn.tracker.v1.ListExperimentsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/experiments\x12\x94\x01\n\x10UpdateExperiment\x12).cairn.tracker.v1.UpdateExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"7\x82\xd3\xe4\x93\x02\x31\x32#/v1/{experiment.name=experiments/*}:\nexperiment\x12w\n\x10\x44\x65leteExperiment\x12).cairn.tracker.v1.DeleteExperimentRequest\x1a\x16.google.protobuf.Empty\" \x82\xd3\xe4\x93\x02\x1a*\x18/v1/{name=experiments/*}\x12\x8a\x01\n\x11RestoreExperiment\x12*.cairn.tracker.v1.RestoreExperimentRequest\x1a\x1c.cairn.tracker.v1.Experiment\"+\x82\xd3\xe4\x93\x02%\" /v1/{name=experiments/*}:restore:\x01*\x12\x9f\x01\n\x11SetExperimentTags\x12*.cairn.tracker.v1.SetExperimentTagsRequest\x1a+.cairn.tracker.v1.SetExperimentTagsResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{experiment=experiments/*}:setTags:\x01*\x12\x90\x01\n\x13\x44\x65leteExperimentTag\x12,.cairn.tracker.v1.DeleteExperimentTagRequest\x1a\x16.google.protobuf.Empty\"3\x82\xd3\xe4\x93\x02-\"(/v1/{experiment=experiments/*}:deleteTag:\x01*\x12\x86\x01\n\x0cPurgeDeleted\x12%.cairn.tracker.v1.PurgeDeletedRequest\x1a&.cairn.tracker.v1.PurgeDeletedResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/experiments:purgeDeleted:\x01*\x12t\n\tCreateRun\x12\".cairn.tracker.v1.CreateRunRequest\x1a\x15.cairn.tracker.v1.Run\",\x82\xd3\xe4\x93\x02&\"\x1f/v1/{parent=experiments/*}/runs:\x03run\x12i\n\x06GetRun\x12\x1f.cairn.tracker.v1.GetRunRequest\x1a\x15.cairn.tracker.v1.Run\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=experiments/*/runs/*}\x12z\n\x08ListRuns\x12!.cairn.tracker.v1.ListRunsRequest\x1a\".cairn.tracker.v1.ListRunsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=experiments/*}/runs\x12\x86\x01\n\nSearchRuns\x12#.cairn.tracker.v1.SearchRunsRequest\x1a$.cairn.tracker.v1.SearchRunsResponse\"-\x82\xd3\xe4\x93\x02\'\"\x0f/v1/runs:search:\x01*Z\x11\x12\x0f/v1/runs:search\x12s\n\rQueryRunTable\x12&.cairn.tracker.v1.QueryRunTableRequest\x1a\x1a.cairn.tracker.v1.RunTable\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/runs:queryTable:\x01*\x12\x7f\n\rAggregateRuns\x12&.cairn.tracker.v1.AggregateRunsRequest\x1a\'.cairn.tracker.v1.AggregateRunsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/runs:aggregate:\x01*\x12q\n\x0bListRunKeys\x12$.cairn.tracker.v1.ListRunKeysRequest\x1a%.cairn.tracker.v1.ListRunKeysResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/runs:keys\x12x\n\tUpdateRun\x12\".cairn.tracker.v1.UpdateRunRequest\x1a\x15.cairn.tracker.v1.Run\"0\x82\xd3\xe4\x93\x02*2#/v1/{run.name=experiments/*/runs/*}:\x03run\x12p\n\tDeleteRun\x12\".cairn.tracker.v1.DeleteRunRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=experiments/*/runs/*}\x12|\n\nRestoreRun\x12#.cairn.tracker.v1.RestoreRunRequest\x1a\x15.cairn.tracker.v1.Run\"2\x82\xd3\xe4\x93\x02,\"\'/v1/{name=experiments/*/runs/*}:restore:\x01*\x12\x89\x01\n\tLogParams\x12\".cairn.tracker.v1.LogParamsRequest\x1a#.cairn.tracker.v1.LogParamsResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/{run=experiments/*/runs/*}:logParams:\x01*\x12\x8d\x01\n\nLogMetrics\x12#.cairn.tracker.v1.LogMetricsRequest\x1a$.cairn.tracker.v1.LogMetricsResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/{run=experiments/*/runs/*}:logMetrics:\x01*\x12\x9b\x01\n\rStreamMetrics\x12&.cairn.tracker.v1.StreamMetricsRequest\x1a\'.cairn.tracker.v1.StreamMetricsResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/{run=experiments/*/runs/*}:streamMetrics:\x01*(\x01\x12\xa2\x01\n\x11ListMetricHistory\x12*.cairn.tracker.v1.ListMetricHistoryRequest\x1a+.cairn.tracker.v1.ListMetricHistoryResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/{run=experiments/*/runs/*}:metricHistory\x12\x8a\x01\n\nSetRunTags\x12#.cairn.tracker.v1.SetRunTagsRequest\x1a$.cairn.tracker.v1.SetRunTagsResponse\"1\x82\xd3\xe4\x93\x02+\"&/v1/{run=experiments/*/runs/*}:setTags:\x01*\x12\x82\x01\n\x0c\x44\x65leteRunTag\x12%.cairn.tracker.v1.DeleteRunTagRequest\x1a\x16.google.protobuf.Empty\"3\x82\xd3\xe4\x93\x02-\"(/v1/{run=experiments/*/runs/*}:deleteTag:\x01*\x12\x9c\x01\n\x0eUploadArtifact\x12\'.cairn.tracker.v1.UploadArtifactRequest\x1a\x1a.cairn.tracker.v1.Artifact\"C\x82\xd3\xe4\x93\x02=\"8/v1/{metadata.run=experiments/*/runs/*}/artifacts:upload:\x01*(\x01\x12\xa6\x01\n\x10\x44ownloadArtifact\x12).cairn.tracker.v1.DownloadArtifactRequest\x1a*.cairn.tracker.v1.DownloadArtifactResponse\"9\x82\xd3\xe4\x93\x02\x33\x12\x31/v1/{run=experiments/*/runs/*}/artifacts:download0\x01\x12\x95\x01\n\rListArtifacts\x12&.cairn.tracker.v1.ListArtifactsRequest\x1a\'.cairn.tracker.v1.ListArtifactsResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=experiments/*/runs/*}/artifactsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -68,6 +69,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\027\n\025tracker.cairn.dev/Run'
   _globals['_LISTRUNSREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_LISTRUNSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\036\n\034tracker.cairn.dev/Experiment'
+  _globals['_QUERYRUNTABLEREQUEST'].fields_by_name['columns']._loaded_options = None
+  _globals['_QUERYRUNTABLEREQUEST'].fields_by_name['columns']._serialized_options = b'\342A\001\002'
+  _globals['_AGGREGATERUNSREQUEST'].fields_by_name['aggregates']._loaded_options = None
+  _globals['_AGGREGATERUNSREQUEST'].fields_by_name['aggregates']._serialized_options = b'\342A\001\002'
   _globals['_UPDATERUNREQUEST'].fields_by_name['run']._loaded_options = None
   _globals['_UPDATERUNREQUEST'].fields_by_name['run']._serialized_options = b'\342A\001\002'
   _globals['_DELETERUNREQUEST'].fields_by_name['name']._loaded_options = None
@@ -132,6 +137,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKERSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{parent=experiments/*}/runs'
   _globals['_TRACKERSERVICE'].methods_by_name['SearchRuns']._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['SearchRuns']._serialized_options = b'\202\323\344\223\002\'\"\017/v1/runs:search:\001*Z\021\022\017/v1/runs:search'
+  _globals['_TRACKERSERVICE'].methods_by_name['QueryRunTable']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['QueryRunTable']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/runs:queryTable:\001*'
+  _globals['_TRACKERSERVICE'].methods_by_name['AggregateRuns']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['AggregateRuns']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/runs:aggregate:\001*'
+  _globals['_TRACKERSERVICE'].methods_by_name['ListRunKeys']._loaded_options = None
+  _globals['_TRACKERSERVICE'].methods_by_name['ListRunKeys']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/runs:keys'
   _globals['_TRACKERSERVICE'].methods_by_name['UpdateRun']._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['UpdateRun']._serialized_options = b'\202\323\344\223\002*2#/v1/{run.name=experiments/*/runs/*}:\003run'
   _globals['_TRACKERSERVICE'].methods_by_name['DeleteRun']._loaded_options = None
@@ -156,90 +167,100 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKERSERVICE'].methods_by_name['DownloadArtifact']._serialized_options = b'\202\323\344\223\0023\0221/v1/{run=experiments/*/runs/*}/artifacts:download'
   _globals['_TRACKERSERVICE'].methods_by_name['ListArtifacts']._loaded_options = None
   _globals['_TRACKERSERVICE'].methods_by_name['ListArtifacts']._serialized_options = b'\202\323\344\223\002-\022+/v1/{parent=experiments/*/runs/*}/artifacts'
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=406
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=507
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=509
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=584
-  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_start=586
-  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_end=642
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=645
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=803
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=805
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=906
-  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_start=909
-  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_end=1039
-  _globals['_DELETEEXPERIMENTREQUEST']._serialized_start=1041
-  _globals['_DELETEEXPERIMENTREQUEST']._serialized_end=1119
-  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_start=1121
-  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_end=1200
-  _globals['_SETEXPERIMENTTAGSREQUEST']._serialized_start=1203
-  _globals['_SETEXPERIMENTTAGSREQUEST']._serialized_end=1401
-  _globals['_SETEXPERIMENTTAGSREQUEST_TAGSENTRY']._serialized_start=1358
-  _globals['_SETEXPERIMENTTAGSREQUEST_TAGSENTRY']._serialized_end=1401
-  _globals['_SETEXPERIMENTTAGSRESPONSE']._serialized_start=1403
-  _globals['_SETEXPERIMENTTAGSRESPONSE']._serialized_end=1430
-  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_start=1432
-  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_end=1538
-  _globals['_PURGEDELETEDREQUEST']._serialized_start=1540
-  _globals['_PURGEDELETEDREQUEST']._serialized_end=1649
-  _globals['_PURGEDELETEDRESPONSE']._serialized_start=1651
-  _globals['_PURGEDELETEDRESPONSE']._serialized_end=1777
-  _globals['_CREATERUNREQUEST']._serialized_start=1780
-  _globals['_CREATERUNREQUEST']._serialized_end=1909
-  _globals['_GETRUNREQUEST']._serialized_start=1911
-  _globals['_GETRUNREQUEST']._serialized_end=2013
-  _globals['_LISTRUNSREQUEST']._serialized_start=2016
-  _globals['_LISTRUNSREQUEST']._serialized_end=2263
-  _globals['_LISTRUNSRESPONSE']._serialized_start=2265
-  _globals['_LISTRUNSRESPONSE']._serialized_end=2345
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=2348
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=2566
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=2568
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=2650
-  _globals['_UPDATERUNREQUEST']._serialized_start=2652
-  _globals['_UPDATERUNREQUEST']._serialized_end=2761
-  _globals['_DELETERUNREQUEST']._serialized_start=2763
-  _globals['_DELETERUNREQUEST']._serialized_end=2827
-  _globals['_RESTORERUNREQUEST']._serialized_start=2829
-  _globals['_RESTORERUNREQUEST']._serialized_end=2894
-  _globals['_LOGPARAMSREQUEST']._serialized_start=2897
-  _globals['_LOGPARAMSREQUEST']._serialized_end=3071
-  _globals['_LOGPARAMSREQUEST_PARAMSENTRY']._serialized_start=3026
-  _globals['_LOGPARAMSREQUEST_PARAMSENTRY']._serialized_end=3071
-  _globals['_LOGPARAMSRESPONSE']._serialized_start=3073
-  _globals['_LOGPARAMSRESPONSE']._serialized_end=3117
-  _globals['_LOGMETRICSREQUEST']._serialized_start=3119
-  _globals['_LOGMETRICSREQUEST']._serialized_end=3244
-  _globals['_LOGMETRICSRESPONSE']._serialized_start=3246
-  _globals['_LOGMETRICSRESPONSE']._serialized_end=3313
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=3316
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=3444
-  _globals['_STREAMMETRICSRESPONSE']._serialized_start=3446
-  _globals['_STREAMMETRICSRESPONSE']._serialized_end=3549
-  _globals['_LISTMETRICHISTORYREQUEST']._serialized_start=3552
-  _globals['_LISTMETRICHISTORYREQUEST']._serialized_end=3746
-  _globals['_LISTMETRICHISTORYRESPONSE']._serialized_start=3749
-  _globals['_LISTMETRICHISTORYRESPONSE']._serialized_end=3896
-  _globals['_SETRUNTAGSREQUEST']._serialized_start=3899
-  _globals['_SETRUNTAGSREQUEST']._serialized_end=4069
-  _globals['_SETRUNTAGSREQUEST_TAGSENTRY']._serialized_start=1358
-  _globals['_SETRUNTAGSREQUEST_TAGSENTRY']._serialized_end=1401
-  _globals['_SETRUNTAGSRESPONSE']._serialized_start=4071
-  _globals['_SETRUNTAGSRESPONSE']._serialized_end=4091
-  _globals['_DELETERUNTAGREQUEST']._serialized_start=4093
-  _globals['_DELETERUNTAGREQUEST']._serialized_end=4178
-  _globals['_UPLOADARTIFACTMETADATA']._serialized_start=4181
-  _globals['_UPLOADARTIFACTMETADATA']._serialized_end=4369
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=4371
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=4484
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=4486
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=4576
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=4578
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=4680
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=4683
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=4813
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=4815
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=4910
-  _globals['_TRACKERSERVICE']._serialized_start=4913
-  _globals['_TRACKERSERVICE']._serialized_end=8510
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=440
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=541
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=543
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=618
+  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_start=620
+  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_end=676
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=679
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=837
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=839
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=940
+  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_start=943
+  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_end=1073
+  _globals['_DELETEEXPERIMENTREQUEST']._serialized_start=1075
+  _globals['_DELETEEXPERIMENTREQUEST']._serialized_end=1153
+  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_start=1155
+  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_end=1234
+  _globals['_SETEXPERIMENTTAGSREQUEST']._serialized_start=1237
+  _globals['_SETEXPERIMENTTAGSREQUEST']._serialized_end=1435
+  _globals['_SETEXPERIMENTTAGSREQUEST_TAGSENTRY']._serialized_start=1392
+  _globals['_SETEXPERIMENTTAGSREQUEST_TAGSENTRY']._serialized_end=1435
+  _globals['_SETEXPERIMENTTAGSRESPONSE']._serialized_start=1437
+  _globals['_SETEXPERIMENTTAGSRESPONSE']._serialized_end=1464
+  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_start=1466
+  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_end=1572
+  _globals['_PURGEDELETEDREQUEST']._serialized_start=1574
+  _globals['_PURGEDELETEDREQUEST']._serialized_end=1683
+  _globals['_PURGEDELETEDRESPONSE']._serialized_start=1685
+  _globals['_PURGEDELETEDRESPONSE']._serialized_end=1811
+  _globals['_CREATERUNREQUEST']._serialized_start=1814
+  _globals['_CREATERUNREQUEST']._serialized_end=1943
+  _globals['_GETRUNREQUEST']._serialized_start=1945
+  _globals['_GETRUNREQUEST']._serialized_end=2047
+  _globals['_LISTRUNSREQUEST']._serialized_start=2050
+  _globals['_LISTRUNSREQUEST']._serialized_end=2297
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2299
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2379
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=2382
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=2600
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=2602
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=2684
+  _globals['_QUERYRUNTABLEREQUEST']._serialized_start=2687
+  _globals['_QUERYRUNTABLEREQUEST']._serialized_end=2866
+  _globals['_AGGREGATERUNSREQUEST']._serialized_start=2869
+  _globals['_AGGREGATERUNSREQUEST']._serialized_end=3065
+  _globals['_AGGREGATERUNSRESPONSE']._serialized_start=3067
+  _globals['_AGGREGATERUNSRESPONSE']._serialized_end=3136
+  _globals['_LISTRUNKEYSREQUEST']._serialized_start=3138
+  _globals['_LISTRUNKEYSREQUEST']._serialized_end=3259
+  _globals['_LISTRUNKEYSRESPONSE']._serialized_start=3262
+  _globals['_LISTRUNKEYSRESPONSE']._serialized_end=3454
+  _globals['_UPDATERUNREQUEST']._serialized_start=3456
+  _globals['_UPDATERUNREQUEST']._serialized_end=3565
+  _globals['_DELETERUNREQUEST']._serialized_start=3567
+  _globals['_DELETERUNREQUEST']._serialized_end=3631
+  _globals['_RESTORERUNREQUEST']._serialized_start=3633
+  _globals['_RESTORERUNREQUEST']._serialized_end=3698
+  _globals['_LOGPARAMSREQUEST']._serialized_start=3701
+  _globals['_LOGPARAMSREQUEST']._serialized_end=3875
+  _globals['_LOGPARAMSREQUEST_PARAMSENTRY']._serialized_start=3830
+  _globals['_LOGPARAMSREQUEST_PARAMSENTRY']._serialized_end=3875
+  _globals['_LOGPARAMSRESPONSE']._serialized_start=3877
+  _globals['_LOGPARAMSRESPONSE']._serialized_end=3921
+  _globals['_LOGMETRICSREQUEST']._serialized_start=3923
+  _globals['_LOGMETRICSREQUEST']._serialized_end=4048
+  _globals['_LOGMETRICSRESPONSE']._serialized_start=4050
+  _globals['_LOGMETRICSRESPONSE']._serialized_end=4117
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=4120
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=4248
+  _globals['_STREAMMETRICSRESPONSE']._serialized_start=4250
+  _globals['_STREAMMETRICSRESPONSE']._serialized_end=4353
+  _globals['_LISTMETRICHISTORYREQUEST']._serialized_start=4356
+  _globals['_LISTMETRICHISTORYREQUEST']._serialized_end=4550
+  _globals['_LISTMETRICHISTORYRESPONSE']._serialized_start=4553
+  _globals['_LISTMETRICHISTORYRESPONSE']._serialized_end=4700
+  _globals['_SETRUNTAGSREQUEST']._serialized_start=4703
+  _globals['_SETRUNTAGSREQUEST']._serialized_end=4873
+  _globals['_SETRUNTAGSREQUEST_TAGSENTRY']._serialized_start=1392
+  _globals['_SETRUNTAGSREQUEST_TAGSENTRY']._serialized_end=1435
+  _globals['_SETRUNTAGSRESPONSE']._serialized_start=4875
+  _globals['_SETRUNTAGSRESPONSE']._serialized_end=4895
+  _globals['_DELETERUNTAGREQUEST']._serialized_start=4897
+  _globals['_DELETERUNTAGREQUEST']._serialized_end=4982
+  _globals['_UPLOADARTIFACTMETADATA']._serialized_start=4985
+  _globals['_UPLOADARTIFACTMETADATA']._serialized_end=5173
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=5175
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=5288
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=5290
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=5380
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=5382
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=5484
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=5487
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=5617
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=5619
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=5714
+  _globals['_TRACKERSERVICE']._serialized_start=5717
+  _globals['_TRACKERSERVICE']._serialized_end=9675
 # @@protoc_insertion_point(module_scope)

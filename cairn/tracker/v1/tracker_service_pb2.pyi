@@ -5,6 +5,7 @@ from cairn.tracker.v1 import experiment_pb2 as _experiment_pb2
 from cairn.tracker.v1 import lifecycle_pb2 as _lifecycle_pb2
 from cairn.tracker.v1 import metric_pb2 as _metric_pb2
 from cairn.tracker.v1 import run_pb2 as _run_pb2
+from cairn.tracker.v1 import run_table_pb2 as _run_table_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
@@ -199,6 +200,64 @@ class SearchRunsResponse(_message.Message):
     runs: _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]
     next_page_token: str
     def __init__(self, runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class QueryRunTableRequest(_message.Message):
+    __slots__ = ("experiment_ids", "filter", "lifecycle_filter", "columns", "order_by", "limit")
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: str
+    lifecycle_filter: _lifecycle_pb2.LifecycleFilter
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    order_by: str
+    limit: int
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., lifecycle_filter: _Optional[_Union[_lifecycle_pb2.LifecycleFilter, str]] = ..., columns: _Optional[_Iterable[str]] = ..., order_by: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AggregateRunsRequest(_message.Message):
+    __slots__ = ("experiment_ids", "filter", "lifecycle_filter", "group_by", "aggregates")
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: str
+    lifecycle_filter: _lifecycle_pb2.LifecycleFilter
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    aggregates: _containers.RepeatedCompositeFieldContainer[_run_table_pb2.Aggregate]
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., lifecycle_filter: _Optional[_Union[_lifecycle_pb2.LifecycleFilter, str]] = ..., group_by: _Optional[_Iterable[str]] = ..., aggregates: _Optional[_Iterable[_Union[_run_table_pb2.Aggregate, _Mapping]]] = ...) -> None: ...
+
+class AggregateRunsResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[_run_table_pb2.AggregateRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[_run_table_pb2.AggregateRow, _Mapping]]] = ...) -> None: ...
+
+class ListRunKeysRequest(_message.Message):
+    __slots__ = ("experiment_ids", "filter", "lifecycle_filter")
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: str
+    lifecycle_filter: _lifecycle_pb2.LifecycleFilter
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., lifecycle_filter: _Optional[_Union[_lifecycle_pb2.LifecycleFilter, str]] = ...) -> None: ...
+
+class ListRunKeysResponse(_message.Message):
+    __slots__ = ("param_keys", "metric_keys", "tag_keys", "run_count")
+    PARAM_KEYS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    TAG_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RUN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    param_keys: _containers.RepeatedCompositeFieldContainer[_run_table_pb2.RunKeyCount]
+    metric_keys: _containers.RepeatedCompositeFieldContainer[_run_table_pb2.RunKeyCount]
+    tag_keys: _containers.RepeatedCompositeFieldContainer[_run_table_pb2.RunKeyCount]
+    run_count: int
+    def __init__(self, param_keys: _Optional[_Iterable[_Union[_run_table_pb2.RunKeyCount, _Mapping]]] = ..., metric_keys: _Optional[_Iterable[_Union[_run_table_pb2.RunKeyCount, _Mapping]]] = ..., tag_keys: _Optional[_Iterable[_Union[_run_table_pb2.RunKeyCount, _Mapping]]] = ..., run_count: _Optional[int] = ...) -> None: ...
 
 class UpdateRunRequest(_message.Message):
     __slots__ = ("run", "update_mask")

@@ -6,6 +6,7 @@ import warnings
 from cairn.tracker.v1 import artifact_pb2 as cairn_dot_tracker_dot_v1_dot_artifact__pb2
 from cairn.tracker.v1 import experiment_pb2 as cairn_dot_tracker_dot_v1_dot_experiment__pb2
 from cairn.tracker.v1 import run_pb2 as cairn_dot_tracker_dot_v1_dot_run__pb2
+from cairn.tracker.v1 import run_table_pb2 as cairn_dot_tracker_dot_v1_dot_run__table__pb2
 from cairn.tracker.v1 import tracker_service_pb2 as cairn_dot_tracker_dot_v1_dot_tracker__service__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
@@ -119,6 +120,21 @@ class TrackerServiceStub:
                 '/cairn.tracker.v1.TrackerService/SearchRuns',
                 request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsRequest.SerializeToString,
                 response_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsResponse.FromString,
+                _registered_method=True)
+        self.QueryRunTable = channel.unary_unary(
+                '/cairn.tracker.v1.TrackerService/QueryRunTable',
+                request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.QueryRunTableRequest.SerializeToString,
+                response_deserializer=cairn_dot_tracker_dot_v1_dot_run__table__pb2.RunTable.FromString,
+                _registered_method=True)
+        self.AggregateRuns = channel.unary_unary(
+                '/cairn.tracker.v1.TrackerService/AggregateRuns',
+                request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsRequest.SerializeToString,
+                response_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsResponse.FromString,
+                _registered_method=True)
+        self.ListRunKeys = channel.unary_unary(
+                '/cairn.tracker.v1.TrackerService/ListRunKeys',
+                request_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysRequest.SerializeToString,
+                response_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysResponse.FromString,
                 _registered_method=True)
         self.UpdateRun = channel.unary_unary(
                 '/cairn.tracker.v1.TrackerService/UpdateRun',
@@ -302,6 +318,31 @@ class TrackerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryRunTable(self, request, context):
+        """Reads chosen fields (attributes, params, tags, latest metrics) of every run matching a
+        filter as a compact columnar table, pivoted by the database: the read analyses and
+        dashboards are built on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AggregateRuns(self, request, context):
+        """Aggregates latest metric values (COUNT, MIN, MAX, AVG, STDDEV) over the runs matching a
+        filter, grouped by attributes, params or tags; computed by the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunKeys(self, request, context):
+        """Lists the param, metric and tag keys of the runs matching a filter, each with how many
+        runs have it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateRun(self, request, context):
         """Updates run_name, status, note, start_time and end_time. Status moves only along the
         lifecycle (see RunStatus): anything else is FAILED_PRECONDITION.
@@ -468,6 +509,21 @@ def add_TrackerServiceServicer_to_server(servicer, server):
                     servicer.SearchRuns,
                     request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsRequest.FromString,
                     response_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsResponse.SerializeToString,
+            ),
+            'QueryRunTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryRunTable,
+                    request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.QueryRunTableRequest.FromString,
+                    response_serializer=cairn_dot_tracker_dot_v1_dot_run__table__pb2.RunTable.SerializeToString,
+            ),
+            'AggregateRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.AggregateRuns,
+                    request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsRequest.FromString,
+                    response_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsResponse.SerializeToString,
+            ),
+            'ListRunKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunKeys,
+                    request_deserializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysRequest.FromString,
+                    response_serializer=cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysResponse.SerializeToString,
             ),
             'UpdateRun': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRun,
@@ -920,6 +976,87 @@ class TrackerService:
             '/cairn.tracker.v1.TrackerService/SearchRuns',
             cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsRequest.SerializeToString,
             cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.SearchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryRunTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.tracker.v1.TrackerService/QueryRunTable',
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.QueryRunTableRequest.SerializeToString,
+            cairn_dot_tracker_dot_v1_dot_run__table__pb2.RunTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.tracker.v1.TrackerService/AggregateRuns',
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsRequest.SerializeToString,
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.AggregateRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.tracker.v1.TrackerService/ListRunKeys',
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysRequest.SerializeToString,
+            cairn_dot_tracker_dot_v1_dot_tracker__service__pb2.ListRunKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

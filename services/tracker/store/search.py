@@ -12,7 +12,8 @@ metrics are key/value fields.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, literal
 from sqlalchemy.orm import aliased
@@ -173,3 +174,48 @@ def apply_experiment_order(keys: Sequence[OrderKey]) -> list[SortColumn]:
         columns.append(SortColumn(attribute.column, key.descending))
     columns.append(SortColumn(_experiments.c.experiment_id, False))
     return columns
+
+
+# ---------------------------------------------------------------- value columns
+
+
+@dataclass(frozen=True)
+class ValueColumn:
+    """A run's value of one field, joined for reading (QueryRunTable, AggregateRuns)."""
+
+    name: str
+    # "number": numeric always (metrics, numeric attributes); "text": text always;
+    # "param": text with a parsed numeric twin (numeric when every present value parses).
+    kind: Literal["number", "text", "param"]
+    value: Any
+    number: Any = None
+
+
+def join_run_values(
+    query: Select[Any], fields: Sequence[FieldRef], argument: str
+) -> tuple[Select[Any], list[ValueColumn]]:
+    """Outer-joins each field's value onto `query` (one indexed join per key-value field)."""
+    columns: list[ValueColumn] = []
+    for index, field in enumerate(fields):
+        name = str(field)
+        if field.kind == "attributes":
+            attribute = resolve_attribute(
+                field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run", argument
+            )
+            kind: Literal["number", "text"] = (
+                "number" if attribute.type in ("int", "time") else "text"
+            )
+            columns.append(ValueColumn(name, kind, attribute.column))
+            continue
+        table: Any = {"params": ParamRow, "tags": RunTagRow, "metrics": LatestMetricRow}[field.kind]
+        alias = aliased(table, name=f"value_{index}")
+        query = query.outerjoin(
+            alias, and_(alias.run_id == _runs.c.run_id, alias.key == literal(field.key))
+        )
+        if field.kind == "params":
+            columns.append(ValueColumn(name, "param", alias.value, alias.value_num))
+        elif field.kind == "metrics":
+            columns.append(ValueColumn(name, "number", alias.value))
+        else:
+            columns.append(ValueColumn(name, "text", alias.value))
+    return query, columns

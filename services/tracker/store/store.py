@@ -17,9 +17,11 @@ from typing import Any, Generic, Literal, TypeVar
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -27,12 +29,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import experiment_pb2, metric_pb2, run_pb2
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.common.filtering import Node, OrderKey
+from services.common.filtering import FieldRef, Node, OrderKey
 from services.common.sqlfilter import keyset_after, order_clauses, select_sort_values
 from services.common.timeutil import now_ms
 from services.tracker.store import convert
@@ -57,6 +60,7 @@ from services.tracker.store.search import (
     apply_run_order,
     compile_experiment_filter,
     compile_run_filter,
+    join_run_values,
 )
 
 Lifecycle = Literal["ACTIVE", "DELETED", "ALL"]
@@ -128,11 +132,69 @@ class Page(Generic[T]):
     next_position: list[Any] | None
 
 
+@dataclass
+class ColumnData:
+    name: str
+    kind: Literal["number", "text"]
+    numbers: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    present: list[bool] = field(default_factory=list)
+
+    @classmethod
+    def of_numbers(cls, name: str, values: Sequence[Any]) -> ColumnData:
+        return cls(
+            name,
+            "number",
+            numbers=[math.nan if v is None else float(v) for v in values],
+            present=[v is not None for v in values],
+        )
+
+    @classmethod
+    def of_texts(cls, name: str, values: Sequence[Any]) -> ColumnData:
+        return cls(
+            name,
+            "text",
+            texts=["" if v is None else _group_text(v) for v in values],
+            present=[v is not None for v in values],
+        )
+
+
+@dataclass
+class RunTableData:
+    run_ids: list[str]
+    experiment_ids: list[str]
+    truncated: bool
+    columns: list[ColumnData] = field(default_factory=list)
+
+
+@dataclass
+class RunKeys:
+    run_count: int = 0
+    # (key, runs with it, distinct values among them)
+    params: list[tuple[str, int, int]] = field(default_factory=list)
+    metrics: list[tuple[str, int, int]] = field(default_factory=list)
+    tags: list[tuple[str, int, int]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class ParamConflict:
     key: str
     old_value: str
     new_value: str
+
+
+def _group_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _sample_stddev(n: int, total: Any, squares: Any) -> float:
+    if n < 2 or total is None or squares is None:
+        return math.nan
+    mean = float(total) / n
+    variance = max(float(squares) / n - mean * mean, 0.0) * n / (n - 1)
+    return math.sqrt(variance)
 
 
 def _check_replay(request_id: str, stored: str | None, fingerprint: str) -> None:
@@ -620,6 +682,168 @@ class TrackerStore:
             page = result[: query.page_size]
             items = self._runs_to_proto(session, [r[0] for r in page], query.view)
         return Page(items, _next_position(result, query.page_size, len(columns)))
+
+    def query_run_table(
+        self,
+        experiment_ids: Sequence[str],
+        filter_node: Node | None,
+        lifecycle: Lifecycle,
+        fields: Sequence[FieldRef],
+        order: Sequence[OrderKey],
+        limit: int,
+    ) -> RunTableData:
+        """Runs matching a filter with the chosen values, pivoted by the database."""
+        statement: Select[Any] = select(_runs.c.run_id, _runs.c.experiment_id)
+        statement, values = join_run_values(statement, fields, "columns")
+        statement, sort = apply_run_order(statement, order)
+        selected: list[Any] = []
+        for column in values:
+            number = column.kind == "number"
+            selected.append(self._clean_number(column.value) if number else column.value)
+            if column.kind == "param":
+                selected.append(column.number)
+        statement = (
+            statement.add_columns(*selected)
+            .where(_lifecycle_condition(_runs.c.lifecycle_state, lifecycle))
+            .where(compile_run_filter(filter_node))
+            .order_by(*order_clauses(sort))
+            .limit(limit + 1)
+        )
+        if experiment_ids:
+            statement = statement.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+        with self.db.read() as session:
+            rows = session.execute(statement).all()
+        truncated = len(rows) > limit
+        rows = rows[:limit]
+        table = RunTableData(
+            run_ids=[r[0] for r in rows], experiment_ids=[r[1] for r in rows], truncated=truncated
+        )
+        position = 2
+        for column in values:
+            raw = [r[position] for r in rows]
+            if column.kind == "param":
+                parsed = [r[position + 1] for r in rows]
+                position += 2
+                numeric = any(t is not None for t in raw) and all(
+                    p is not None for p, t in zip(parsed, raw, strict=True) if t is not None
+                )
+                table.columns.append(
+                    ColumnData.of_numbers(column.name, parsed)
+                    if numeric
+                    else ColumnData.of_texts(column.name, raw)
+                )
+                continue
+            position += 1
+            table.columns.append(
+                ColumnData.of_numbers(column.name, raw)
+                if column.kind == "number"
+                else ColumnData.of_texts(column.name, raw)
+            )
+        return table
+
+    def aggregate_runs(
+        self,
+        experiment_ids: Sequence[str],
+        filter_node: Node | None,
+        lifecycle: Lifecycle,
+        group_fields: Sequence[FieldRef],
+        aggregates: Sequence[tuple[str, FieldRef | None]],
+    ) -> list[tuple[list[str], list[float]]]:
+        """(group values, aggregate values) per group, in group order, computed by the
+        database. STDDEV is the sample standard deviation, from SQL counts and sums (SQLite
+        has no stddev)."""
+        metric_fields = [f for _, f in aggregates if f is not None]
+        statement = select().select_from(_runs)
+        statement, groups = join_run_values(statement, group_fields, "group_by")
+        statement, metrics = join_run_values(statement, metric_fields, "aggregates")
+        cleaned = [self._clean_number(m.value) for m in metrics]
+        selected: list[Any] = [g.value for g in groups]
+        plan: list[tuple[str, int]] = []  # (function, index of its first selected column)
+        metric_index = 0
+        for function, metric_field in aggregates:
+            plan.append((function, len(selected)))
+            value: Any = None
+            if metric_field is not None:
+                value = cleaned[metric_index]
+                metric_index += 1
+            if function == "COUNT":
+                selected.append(func.count(value) if value is not None else func.count())
+            elif function == "MIN":
+                selected.append(func.min(value))
+            elif function == "MAX":
+                selected.append(func.max(value))
+            elif function == "AVG":
+                selected.append(func.avg(value))
+            else:
+                selected.extend([func.count(value), func.sum(value), func.sum(value * value)])
+        statement = statement.add_columns(*selected).where(
+            _lifecycle_condition(_runs.c.lifecycle_state, lifecycle),
+            compile_run_filter(filter_node),
+        )
+        if experiment_ids:
+            statement = statement.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+        if groups:
+            group_values = [g.value for g in groups]
+            statement = statement.group_by(*group_values).order_by(*group_values)
+        with self.db.read() as session:
+            rows = session.execute(statement).all()
+        result = []
+        for row in rows:
+            group = ["" if v is None else _group_text(v) for v in row[: len(groups)]]
+            values: list[float] = []
+            for function, start in plan:
+                if function == "STDDEV":
+                    n, total, squares = row[start], row[start + 1], row[start + 2]
+                    values.append(_sample_stddev(int(n or 0), total, squares))
+                else:
+                    value_read = row[start]
+                    values.append(math.nan if value_read is None else float(value_read))
+            result.append((group, values))
+        return result
+
+    def list_run_keys(
+        self,
+        experiment_ids: Sequence[str],
+        filter_node: Node | None,
+        lifecycle: Lifecycle,
+        limit: int,
+    ) -> RunKeys:
+        """The param, metric and tag keys of the matching runs with how many runs have each."""
+        matching = select(_runs.c.run_id).where(
+            _lifecycle_condition(_runs.c.lifecycle_state, lifecycle),
+            compile_run_filter(filter_node),
+        )
+        if experiment_ids:
+            matching = matching.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+        keys = RunKeys()
+        with self.db.read() as session:
+            keys.run_count = int(
+                session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+            )
+            for table, target in (
+                (_params, keys.params),
+                (_latest, keys.metrics),
+                (_run_tags, keys.tags),
+            ):
+                statement = (
+                    select(table.c.key, func.count(), func.count(table.c.value.distinct()))
+                    .where(table.c.run_id.in_(matching))
+                    .group_by(table.c.key)
+                    .order_by(table.c.key)
+                    .limit(limit)
+                )
+                target.extend(
+                    (key, int(count), int(distinct))
+                    for key, count, distinct in session.execute(statement)
+                )
+        return keys
+
+    def _clean_number(self, column: Any) -> Any:
+        """NaN stays out of aggregates and ordering: SQLite already stores it as NULL;
+        PostgreSQL keeps NaN, which would poison AVG and sort above every number."""
+        if self.db.dialect != "postgresql":
+            return column
+        return case((column == literal(math.nan), None), else_=column)
 
     def update_run(self, run_id: str, decide: Callable[[RunState], RunChanges]) -> run_pb2.Run:
         """Apply the changes `decide` computes from the run's current state, atomically."""

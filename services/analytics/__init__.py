@@ -1,0 +1,1 @@
+"""The analytics service: read-only analysis over the tracker's runs."""
