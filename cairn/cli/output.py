@@ -110,7 +110,7 @@ def message_data(message: Any) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             data[field.name] = {k: scalar(value_field, v) for k, v in sorted(value.items())}
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif field.is_repeated:
             data[field.name] = [scalar(field, v) for v in value]
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
             data[field.name] = None

@@ -27,7 +27,7 @@ from optuna.distributions import (
 )
 from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 from optuna.samplers import TPESampler
-from optuna.trial import TrialState, create_trial
+from optuna.trial import create_trial
 from scipy.stats import spearmanr
 
 from services.analytics.directions import Direction
@@ -174,7 +174,10 @@ def _bins(spec: ParamSpec) -> list[tuple[float, float]]:
         edges = np.geomspace(spec.low, spec.high, NUMERIC_BINS + 1)
     else:
         edges = np.linspace(spec.low, spec.high, NUMERIC_BINS + 1)
-    return [(float(edges[i]), float(edges[i + 1])) for i in range(NUMERIC_BINS)]
+    if spec.kind == "int":
+        # Integer params get integer edges (no "[2, 2)" bins).
+        edges = np.unique(np.round(edges))
+    return [(float(edges[i]), float(edges[i + 1])) for i in range(len(edges) - 1)]
 
 
 def _densities(
@@ -188,6 +191,9 @@ def _densities(
     groups: list[tuple[str, float, float, Any]] = []
     if spec.kind == "categorical":
         groups = [(spec.text(c), 0.0, 0.0, c) for c in spec.choices]
+    elif spec.kind == "int" and spec.high - spec.low < 2 * NUMERIC_BINS:
+        # A short integer range: one density per value reads better than ranges.
+        groups = [(str(v), float(v), float(v), v) for v in range(int(spec.low), int(spec.high) + 1)]
     else:
         bins = _bins(spec)
         for index, (low, high) in enumerate(bins):
@@ -298,7 +304,15 @@ def analyze(
         densities = _densities(spec, values, metric, good_mask)
         good_total = split.good
         rest_total = count - split.good
-        best = max(densities, key=lambda d: (d.ratio(good_total, rest_total), d.good_count))
+        # Ties (one run per value is common) go to the value with the better mean.
+        best = max(
+            densities,
+            key=lambda d: (
+                d.ratio(good_total, rest_total),
+                d.good_count,
+                -direction.sort_key(d.mean_value),
+            ),
+        )
         results.append(
             ParamResult(spec, densities, best.label, _rank_correlation(spec, values, metric))
         )
@@ -340,9 +354,8 @@ def _describe(result: ParamResult, value: Any, insights: Insights) -> str:
             if density.good_count + density.rest_count == 0:
                 return f"{result.spec.key}={text} explores {density.label}, which no run has tried"
             ratio = density.ratio(good_total, rest_total)
-            where = "is" if result.spec.kind == "categorical" else "lies in"
-            if result.spec.kind != "categorical":
-                where += f" {density.label},"
+            single = result.spec.kind == "categorical" or density.low == density.high
+            where = "is" if single else f"lies in {density.label},"
             return (
                 f"{result.spec.key}={text} {where} {ratio:.1f}x as common among the top runs "
                 f"as among the rest ({density.good_count} of {good_total} top runs)"
@@ -371,12 +384,7 @@ def suggest(
         return [], insights
     specs = [r.spec for r in insights.params]
     by_key = {r.spec.key: r for r in insights.params}
-    sampler = TPESampler(
-        seed=seed,
-        n_startup_trials=TPE_STARTUP_RUNS,
-        gamma=lambda n: min(math.ceil(top_fraction * n), 25),
-        constant_liar=True,
-    )
+    sampler = TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_RUNS, constant_liar=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study = _study(specs, columns, metric, direction, sampler)
@@ -398,6 +406,7 @@ def suggest(
             if raw is not None:
                 tried[spec.key] = spec.text(spec.internal(raw))
         seen.add(fingerprint(tried))
+    worst = max(metric) if direction.minimize else min(metric)
     warm = len(metric) >= TPE_STARTUP_RUNS
     assert insights.split is not None
     threshold = (
@@ -422,7 +431,10 @@ def suggest(
             sampled = {spec.key: spec.text(trial.params[spec.key]) for spec in specs}
             merged = {**canonical_base, **sampled}
             if fingerprint(merged) in seen:
-                study.tell(trial, state=TrialState.FAIL)
+                # TPE happily proposes the best configuration it has already seen. Telling
+                # this throwaway in-memory study that the repeat scored the worst value
+                # pushes the sampler off configurations that were tried, towards new ones.
+                study.tell(trial, worst)
                 continue
             seen.add(fingerprint(merged))
             changed = {k: v for k, v in sampled.items() if canonical_base.get(k) != v}

@@ -347,7 +347,7 @@ class AnalyticsService:
                     scope,
                     [*SUMMARY_COLUMNS, metric_field, *params],
                     options,
-                    conditions=[*conditions, f"{group_field} = {quote_text(group)}"]
+                    conditions=[*conditions, _group_condition(group_field, group)]
                     if group_field
                     else conditions,
                     order_by=f"{metric_field} {direction.sql_order}, start_time ASC",
@@ -356,7 +356,13 @@ class AnalyticsService:
                 for group, _ in groups
             )
         )
-        counts = await self._group_counts(scope, groups, conditions, options)
+        if group_field:
+            counts = [count for _, count in groups]
+        else:
+            rows = await self.reader.aggregate(
+                scope, [], [(COUNT, "")], options, conditions=conditions
+            )
+            counts = [int(rows[0][1][0]) if rows else 0]
         for (group, _), table, count in zip(groups, tables, counts, strict=True):
             values = _values(table.columns[metric_field], len(table))
             entry_group = pb.LeaderboardGroup(group=group, run_count=count)
@@ -370,18 +376,6 @@ class AnalyticsService:
                 entry_group.entries.append(entry)
             board.groups.append(entry_group)
         return board
-
-    async def _group_counts(
-        self,
-        scope: Scope,
-        groups: list[tuple[str, int]],
-        conditions: list[str],
-        options: CallOptions,
-    ) -> list[int]:
-        if groups and groups[0][1] >= 0:
-            return [count for _, count in groups]
-        rows = await self.reader.aggregate(scope, [], [(COUNT, "")], options, conditions=conditions)
-        return [int(rows[0][1][0]) if rows else 0]
 
     # ------------------------------------------------------------------ dashboard
 
@@ -743,6 +737,11 @@ class AnalyticsService:
 
 async def _none() -> Table | None:
     return None
+
+
+def _group_condition(field: str, value: str) -> str:
+    """Runs of one group; "" is the group of runs without a value (NULL or empty)."""
+    return f"{field} IS NULL" if value == "" else f"{field} = {quote_text(value)}"
 
 
 def _id_list(run_ids: Sequence[str]) -> str:

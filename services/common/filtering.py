@@ -650,19 +650,29 @@ def parse_order_by(text: str | None) -> list[OrderKey]:
 
 def parse_field(text: str, argument: str) -> FieldRef:
     """One field reference ("metrics.val_loss", "params.`learning-rate`", "status"), with the
-    same key syntax as filters; errors name `argument` (e.g. "columns")."""
+    same key syntax as filters; errors name `argument` (e.g. "columns") as their field."""
+    noun = f"{argument} entry"
     try:
         keys = parse_order_by(text)
     except InvalidArgument as error:
+
+        def reworded(message: str) -> str:
+            return message.replace("invalid order_by", f"invalid {noun}", 1).replace(
+                "the end of the order_by", f"the end of the {noun}"
+            )
+
         raise InvalidArgument(
-            error.message.replace("invalid order_by", f"invalid {argument} entry", 1),
+            reworded(error.message),
             field=argument,
             reason="INVALID_FIELD",
-            metadata=error.metadata,
+            metadata={k: reworded(v) for k, v in error.metadata.items() if k != "field"},
         ) from None
-    if len(keys) != 1 or keys[0].descending or text.strip().upper().endswith(" ASC"):
+    # A trailing ASC is a direction only when it is a token of its own (after a space, a
+    # quoted key...): `params.asc` and `status_asc` are plain fields.
+    direction = re.search(rf"[^{_NAME_CHARS}]asc\Z", text.strip(), re.IGNORECASE)
+    if len(keys) != 1 or keys[0].descending or direction:
         raise InvalidArgument(
-            f"invalid {argument} entry {text[:200]!r}: expected one field such as "
+            f"invalid {noun} {text[:200]!r}: expected one field such as "
             "metrics.accuracy, params.lr or status",
             field=argument,
             reason="INVALID_FIELD",

@@ -450,6 +450,8 @@ class TrackerService:
             raise InvalidArgument(
                 f"at most {MAX_TABLE_COLUMNS} columns, got {len(columns)}", field="columns"
             )
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative", field="limit")
         fields = [parse_field(column, "columns") for column in columns]
         return self.store.query_run_table(
             sorted(set(experiment_ids)),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, literal
+from sqlalchemy import ColumnElement, Select, and_, func, literal, select
 from sqlalchemy.orm import aliased
 
 from services.common.errors import InvalidArgument
@@ -179,6 +179,12 @@ def apply_experiment_order(keys: Sequence[OrderKey]) -> list[SortColumn]:
 # ---------------------------------------------------------------- value columns
 
 
+# SQLite joins at most 64 tables in one SELECT. Key-value fields past this many are read with
+# correlated scalar subqueries instead (each an index lookup on the (run_id, key) primary
+# key), leaving room for the sort joins of order_by.
+MAX_JOINED_VALUES = 32
+
+
 @dataclass(frozen=True)
 class ValueColumn:
     """A run's value of one field, joined for reading (QueryRunTable, AggregateRuns)."""
@@ -187,35 +193,51 @@ class ValueColumn:
     # "number": numeric always (metrics, numeric attributes); "text": text always;
     # "param": text with a parsed numeric twin (numeric when every present value parses).
     kind: Literal["number", "text", "param"]
+    # NULL where the run has no value; '' of an optional text attribute (model_type,
+    # dataset_id...) counts as none, as it does for `model_type IS NULL` in filters.
     value: Any
     number: Any = None
+    # Set when `value` can be NULL although the run has the field (a metric whose latest
+    # value is NaN, stored as NULL): not NULL exactly when the run has it.
+    present: Any = None
 
 
 def join_run_values(
     query: Select[Any], fields: Sequence[FieldRef], argument: str
 ) -> tuple[Select[Any], list[ValueColumn]]:
-    """Outer-joins each field's value onto `query` (one indexed join per key-value field)."""
+    """Outer-joins each field's value onto `query`: one indexed join per key-value field, up
+    to MAX_JOINED_VALUES, correlated scalar subqueries beyond. May be called more than once
+    for one query (AggregateRuns): every join has its own anonymous alias."""
     columns: list[ValueColumn] = []
-    for index, field in enumerate(fields):
+    joined = 0
+    for field in fields:
         name = str(field)
         if field.kind == "attributes":
             attribute = resolve_attribute(
                 field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run", argument
             )
-            kind: Literal["number", "text"] = (
-                "number" if attribute.type in ("int", "time") else "text"
-            )
-            columns.append(ValueColumn(name, kind, attribute.column))
+            if attribute.type in ("int", "time"):
+                columns.append(ValueColumn(name, "number", attribute.column))
+            elif attribute.nullable_text:
+                columns.append(ValueColumn(name, "text", func.nullif(attribute.column, "")))
+            else:
+                columns.append(ValueColumn(name, "text", attribute.column))
             continue
-        table: Any = {"params": ParamRow, "tags": RunTagRow, "metrics": LatestMetricRow}[field.kind]
-        alias = aliased(table, name=f"value_{index}")
-        query = query.outerjoin(
-            alias, and_(alias.run_id == _runs.c.run_id, alias.key == literal(field.key))
-        )
+        model: Any = {"params": ParamRow, "tags": RunTagRow, "metrics": LatestMetricRow}[field.kind]
+        table: Any = aliased(model)
+        match = and_(table.run_id == _runs.c.run_id, table.key == literal(field.key))
+        join = joined < MAX_JOINED_VALUES
+        if join:
+            joined += 1
+            query = query.outerjoin(table, match)
+
+        def read(column: Any, join: bool = join, match: Any = match) -> Any:
+            return column if join else select(column).where(match).scalar_subquery()
+
         if field.kind == "params":
-            columns.append(ValueColumn(name, "param", alias.value, alias.value_num))
+            columns.append(ValueColumn(name, "param", read(table.value), read(table.value_num)))
         elif field.kind == "metrics":
-            columns.append(ValueColumn(name, "number", alias.value))
+            columns.append(ValueColumn(name, "number", read(table.value), present=read(table.step)))
         else:
-            columns.append(ValueColumn(name, "text", alias.value))
+            columns.append(ValueColumn(name, "text", read(table.value)))
     return query, columns

@@ -7,6 +7,7 @@ numbers, idempotent batches) run inside the write transaction that applies them.
 
 from __future__ import annotations
 
+import decimal
 import math
 import uuid
 from collections import defaultdict
@@ -15,9 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import (
+    Numeric,
+    Text,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -141,12 +145,16 @@ class ColumnData:
     present: list[bool] = field(default_factory=list)
 
     @classmethod
-    def of_numbers(cls, name: str, values: Sequence[Any]) -> ColumnData:
+    def of_numbers(
+        cls, name: str, values: Sequence[Any], present: Sequence[bool] | None = None
+    ) -> ColumnData:
+        """`present` defaults to "not NULL"; a metric whose latest value is NaN (NULL in the
+        database) is present with a NaN."""
         return cls(
             name,
             "number",
             numbers=[math.nan if v is None else float(v) for v in values],
-            present=[v is not None for v in values],
+            present=list(present) if present is not None else [v is not None for v in values],
         )
 
     @classmethod
@@ -189,12 +197,16 @@ def _group_text(value: Any) -> str:
     return str(value)
 
 
-def _sample_stddev(n: int, total: Any, squares: Any) -> float:
-    if n < 2 or total is None or squares is None:
+def _sample_stddev(n: int, squared_deviations: Any) -> float:
+    """From the count and the sum of squared deviations from the mean (a float, or an exact
+    Decimal from PostgreSQL, which may exceed the range of a float); NaN below 2 values."""
+    if n < 2 or squared_deviations is None:
         return math.nan
-    mean = float(total) / n
-    variance = max(float(squares) / n - mean * mean, 0.0) * n / (n - 1)
-    return math.sqrt(variance)
+    if isinstance(squared_deviations, decimal.Decimal):
+        if squared_deviations.is_nan():
+            return math.nan
+        return float((max(squared_deviations, decimal.Decimal(0)) / (n - 1)).sqrt())
+    return math.sqrt(max(float(squared_deviations), 0.0) / (n - 1))
 
 
 def _check_replay(request_id: str, stored: str | None, fingerprint: str) -> None:
@@ -702,6 +714,8 @@ class TrackerStore:
             selected.append(self._clean_number(column.value) if number else column.value)
             if column.kind == "param":
                 selected.append(column.number)
+            elif column.present is not None:
+                selected.append(column.present)
         statement = (
             statement.add_columns(*selected)
             .where(_lifecycle_condition(_runs.c.lifecycle_state, lifecycle))
@@ -733,6 +747,11 @@ class TrackerStore:
                     else ColumnData.of_texts(column.name, raw)
                 )
                 continue
+            if column.present is not None:
+                present = [r[position + 1] is not None for r in rows]
+                position += 2
+                table.columns.append(ColumnData.of_numbers(column.name, raw, present))
+                continue
             position += 1
             table.columns.append(
                 ColumnData.of_numbers(column.name, raw)
@@ -749,22 +768,64 @@ class TrackerStore:
         group_fields: Sequence[FieldRef],
         aggregates: Sequence[tuple[str, FieldRef | None]],
     ) -> list[tuple[list[str], list[float]]]:
-        """(group values, aggregate values) per group, in group order, computed by the
-        database. STDDEV is the sample standard deviation, from SQL counts and sums (SQLite
-        has no stddev)."""
+        """(group values, aggregate values) per group, in group order ("" first: the runs
+        without a value), computed by the database.
+
+        Two levels: the inner query reads one row per matching run (group values, latest
+        metric values and, for STDDEV, the group's mean from a window), the outer one
+        aggregates. STDDEV is the sample standard deviation from the sum of squared
+        deviations from the mean (SQLite has no stddev; sums of squares would cancel
+        catastrophically for large values with a small spread). PostgreSQL sums in exact
+        numeric (see _exact_number): its float sums raise on overflow."""
         metric_fields = [f for _, f in aggregates if f is not None]
         statement = select().select_from(_runs)
         statement, groups = join_run_values(statement, group_fields, "group_by")
         statement, metrics = join_run_values(statement, metric_fields, "aggregates")
+        # Text groups: no value and '' are one group, "" (both are shown as "").
+        group_values = [
+            g.value if g.kind == "number" else func.coalesce(g.value, literal("")) for g in groups
+        ]
         cleaned = [self._clean_number(m.value) for m in metrics]
-        selected: list[Any] = [g.value for g in groups]
+        # run_id: a query of COUNT()s alone still selects something per run.
+        inner: list[Any] = [_runs.c.run_id]
+        inner += [g.label(f"g{i}") for i, g in enumerate(group_values)]
+        inner += [m.label(f"m{i}") for i, m in enumerate(cleaned)]
+        metric_index = 0
+        for function, metric_field in aggregates:
+            if metric_field is None:
+                continue
+            if function == "STDDEV":
+                exact = self._exact_number(cleaned[metric_index])
+                mean = func.avg(exact).over(partition_by=group_values or None)
+                inner.append(mean.label(f"mean{metric_index}"))
+            metric_index += 1
+        statement = statement.add_columns(*inner).where(
+            _lifecycle_condition(_runs.c.lifecycle_state, lifecycle),
+            compile_run_filter(filter_node),
+        )
+        if experiment_ids:
+            statement = statement.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+        per_run = statement.subquery("per_run")
+        outer_groups = [per_run.c[f"g{i}"] for i in range(len(groups))]
+        selected: list[Any] = list(outer_groups)
         plan: list[tuple[str, int]] = []  # (function, index of its first selected column)
         metric_index = 0
         for function, metric_field in aggregates:
             plan.append((function, len(selected)))
             value: Any = None
             if metric_field is not None:
-                value = cleaned[metric_index]
+                value = per_run.c[f"m{metric_index}"]
+                if function == "STDDEV":
+                    deviation = self._exact_number(value) - per_run.c[f"mean{metric_index}"]
+                    selected.extend(
+                        [
+                            func.count(value),
+                            func.sum(deviation * deviation),
+                            func.max(func.abs(value)),
+                        ]
+                    )
+                    metric_index += 1
+                    continue
                 metric_index += 1
             if function == "COUNT":
                 selected.append(func.count(value) if value is not None else func.count())
@@ -773,28 +834,27 @@ class TrackerStore:
             elif function == "MAX":
                 selected.append(func.max(value))
             elif function == "AVG":
-                selected.append(func.avg(value))
-            else:
-                selected.extend([func.count(value), func.sum(value), func.sum(value * value)])
-        statement = statement.add_columns(*selected).where(
-            _lifecycle_condition(_runs.c.lifecycle_state, lifecycle),
-            compile_run_filter(filter_node),
-        )
-        if experiment_ids:
-            statement = statement.where(_runs.c.experiment_id.in_(list(experiment_ids)))
+                selected.append(func.avg(self._exact_number(value)))
+            else:  # STDDEV without a column: refused by the service
+                raise InvalidArgument(f"{function} needs a metrics.<key> column")
+        outer = select(*selected).select_from(per_run)
         if groups:
-            group_values = [g.value for g in groups]
-            statement = statement.group_by(*group_values).order_by(*group_values)
+            outer = outer.group_by(*outer_groups).order_by(
+                *[g.asc().nulls_first() for g in outer_groups]
+            )
         with self.db.read() as session:
-            rows = session.execute(statement).all()
+            rows = session.execute(outer).all()
         result = []
         for row in rows:
             group = ["" if v is None else _group_text(v) for v in row[: len(groups)]]
             values: list[float] = []
             for function, start in plan:
                 if function == "STDDEV":
-                    n, total, squares = row[start], row[start + 1], row[start + 2]
-                    values.append(_sample_stddev(int(n or 0), total, squares))
+                    n, squared_deviations, largest = row[start : start + 3]
+                    if largest is not None and math.isinf(largest):
+                        values.append(math.nan)  # an infinite value: no finite spread
+                    else:
+                        values.append(_sample_stddev(int(n or 0), squared_deviations))
                 else:
                     value_read = row[start]
                     values.append(math.nan if value_read is None else float(value_read))
@@ -837,6 +897,14 @@ class TrackerStore:
                     for key, count, distinct in session.execute(statement)
                 )
         return keys
+
+    def _exact_number(self, column: Any) -> Any:
+        """A float column for sums: PostgreSQL raises on float overflow (AVG of two 1e308s,
+        the square of 1e200), so it sums exact numerics, converted through text (a direct
+        cast keeps only 15 digits); SQLite sums floats (overflowing to infinity)."""
+        if self.db.dialect != "postgresql":
+            return column
+        return cast(cast(column, Text), Numeric)
 
     def _clean_number(self, column: Any) -> Any:
         """NaN stays out of aggregates and ordering: SQLite already stores it as NULL;
