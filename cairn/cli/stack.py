@@ -241,6 +241,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
         database = display_url(settings.database_url_for("tracker"))
         console.print(
             f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}, "
+            f"analytics gRPC {settings.host}:{settings.analytics_port}, "
             f"REST gateway http://{settings.host}:{settings.gateway_port} (docs at /docs)"
             + (f", metrics http://{metrics_host}:{metrics}/metrics" if metrics else "")
             + f"\n  data: {directory}  (database {database})"
@@ -344,6 +345,7 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
             board = [tracker.get_run(r.run_id) for r in board]  # with artifacts
             best = board[0]
             tracker.set_note("BEST: top accuracy of its sweep", run_id=best.run_id)
+        analysis = _sweep_analysis(settings, result.sweep_id)
         elapsed = time.monotonic() - began
         rows = [
             [
@@ -365,6 +367,18 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
                 ["#", "run", "lr", "accuracy", "f1", "val_loss", "version"],
                 rows,
             )
+            if analysis.get("insights"):
+                insights = analysis["insights"]
+                print_table(
+                    f"What matters for accuracy (analytics, {insights['run_count']} runs)",
+                    ["param", "importance", "best values"],
+                    [[p["key"], p["importance"], p["best_label"]] for p in insights["params"]],
+                )
+            for suggestion in analysis.get("suggestions", []):
+                changes = ", ".join(f"{k}={v}" for k, v in suggestion["changed_params"].items())
+                console.print(f"Suggested next: {changes}\n  ({suggestion['reason']})")
+            if analysis.get("unavailable"):
+                errors.print(f"(analytics skipped: {analysis['unavailable']})")
             console.print(
                 f"Best: [bold]{best.run_name}[/] (marked BEST). Next:\n"
                 f"  cairn runs list {experiment} --order-by 'metrics.accuracy DESC'\n"
@@ -379,6 +393,7 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
                 "sweep_id": result.sweep_id,
                 "seconds": round(elapsed, 2),
                 "leaderboard": [r.to_dict() for r in board],
+                "analytics": analysis,
             },
             render,
         )
@@ -388,6 +403,27 @@ def example(data_dir: Path | None, keep: bool, experiment: str, epochs: int, as_
         elif started and not as_json:
             hint = f" --data-dir {data_dir}" if data_dir else ""
             errors.print(f"The stack keeps running ({address}); stop it with: cairn down{hint}")
+
+
+def _sweep_analysis(settings: Any, sweep_id: str) -> dict[str, Any]:
+    """Hyperparameter insight and one suggestion for the sweep, from the analytics service
+    of the stack (a tracker started on its own has none: then the example says so)."""
+    from cairn.analysis import Analytics
+    from cairn.cli.output import message_data
+    from cairn.errors import CairnError
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    sweep = f"tags.sweep = '{sweep_id}'"
+    try:
+        with Analytics(f"{host}:{settings.analytics_port}", timeout=60) as analytics:
+            insights = analytics.insights(metric="accuracy", filter=sweep)
+            suggestions = analytics.suggest(metric="accuracy", filter=sweep, count=1)
+    except CairnError as error:
+        return {"unavailable": str(error)}
+    return {
+        "insights": message_data(insights),
+        "suggestions": [message_data(s) for s in suggestions.suggestions],
+    }
 
 
 COMMANDS: list[click.Command] = [up, down, serve, db, example]

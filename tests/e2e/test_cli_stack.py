@@ -37,6 +37,8 @@ def _env(**values: str) -> dict[str, str]:
         **env,
         "CAIRN_TRACKER_METRICS_PORT": "0",
         "CAIRN_GATEWAY_PORT": str(_free_port()),
+        # ...and so does analytics (50053 may be taken too).
+        "CAIRN_ANALYTICS_PORT": str(_free_port()),
         **values,
     }
 

@@ -27,6 +27,7 @@ def test_cairn_example_trains_a_sweep_and_prints_a_leaderboard(tmp_path: Path) -
         "CAIRN_TRACKER_PORT": str(port),
         "CAIRN_TRACKER_METRICS_PORT": "0",
         "CAIRN_GATEWAY_PORT": str(_free_port()),
+        "CAIRN_ANALYTICS_PORT": str(_free_port()),
     }
     env.pop("CAIRN_TRACKING_URI", None)
     data_dir = tmp_path / "cairn-data"
@@ -60,6 +61,16 @@ def test_cairn_example_trains_a_sweep_and_prints_a_leaderboard(tmp_path: Path) -
     assert {a["path"] for a in best["artifacts"]} == {"model/model.pkl", "metrics.csv"}
     assert {r["model_type"] for r in board} == {"logistic_regression", "linear_svm", "perceptron"}
     assert sorted(r["version"] for r in board if r["model_type"] == "perceptron") == [1, 2, 3]
+    # The analytics service of the same stack analyzed the sweep (its 9 runs only).
+    insights = report["analytics"]["insights"]
+    assert insights["run_count"] == 9 and insights["metric"] == "accuracy"
+    assert {p["key"] for p in insights["params"]} >= {"model_name", "learning_rate"}
+    (suggestion,) = report["analytics"]["suggestions"]
+    assert suggestion["changed_params"]
+    best_accuracy = best["metrics"]["accuracy"]
+    assert suggestion["base_run_id"] in {
+        r["run_id"] for r in board if r["metrics"]["accuracy"] == best_accuracy
+    }
     # The stack it started is gone again; its data stays.
     assert not (data_dir / "cairn.pid").exists()
     with socket.socket() as probe:
