@@ -3,6 +3,7 @@
     python -m bench                       # SQLite, default sizes
     python -m bench --database postgres   # a fresh PostgreSQL database (127.0.0.1:5432)
     python -m bench --smoke               # tiny sizes: checks the script works (CI)
+    python -m bench analytics ...         # the analytics benchmarks (bench/analytics.py)
 
 Prints a readable table and, with --json, the figures as JSON. Workloads:
   runs      create runs, each with 10 params and 5 metrics, through the SDK (runs/s)
@@ -17,108 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
-import psycopg
-
 import cairn
+from bench.common import free_port, percentile, postgres_database, rss_mb, service_process, timed
 from cairn.tracker.v1 import metric_pb2
 from cairn.tracker.v1 import tracker_service_pb2 as pb
-
-POSTGRES_ADMIN = os.environ.get("CAIRN_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    name = f"cairn_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield (
-            POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            + f"/{name}"
-        )
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
 def tracker_process(database_url: str | None, data_dir: Path) -> Iterator[tuple[str, int]]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CAIRN_DATA_DIR": str(data_dir),
-        "CAIRN_TRACKER_PORT": str(port),
-        "CAIRN_TRACKER_METRICS_PORT": "0",
-        "CAIRN_LOG_LEVEL": "WARNING",
-    }
-    if database_url:
-        env["CAIRN_DATABASE_URL"] = database_url
-    log_path = data_dir / "tracker.log"
-    # A file, not a pipe: a full pipe would stall the server mid-benchmark.
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cairn.cli", "serve", "tracker"], env=env, stderr=log
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with grpc.insecure_channel(address) as channel:
-                    grpc.channel_ready_future(channel).result(timeout=1)
-                break
-            except grpc.FutureTimeoutError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log_path.read_text(errors="replace")) from None
-        yield address, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    samples = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - began)
-    return samples
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    environment = {"CAIRN_DATABASE_URL": database_url} if database_url else {}
+    with service_process("tracker", free_port(), data_dir, environment) as server:
+        yield server
 
 
 def run_benchmarks(address: str, pid: int, sizes: dict[str, int]) -> dict[str, Any]:
@@ -163,10 +83,10 @@ def run_benchmarks(address: str, pid: int, sizes: dict[str, int]) -> dict[str, A
                 metadata=metadata,
             )
 
-        samples = _timed(log_one, sizes["log_calls"])
+        samples = timed(log_one, sizes["log_calls"])
         figures["log_metric_calls_per_s"] = len(samples) / sum(samples)
         figures["log_metric_p50_ms"] = statistics.median(samples) * 1000
-        figures["log_metric_p99_ms"] = _percentile(samples, 0.99) * 1000
+        figures["log_metric_p99_ms"] = percentile(samples, 0.99) * 1000
 
         experiment_id = tracker.get_experiment(experiment).experiment_id
 
@@ -181,9 +101,9 @@ def run_benchmarks(address: str, pid: int, sizes: dict[str, int]) -> dict[str, A
                 metadata=metadata,
             )
 
-        samples = _timed(search, sizes["searches"])
+        samples = timed(search, sizes["searches"])
         figures["search_p50_ms"] = statistics.median(samples) * 1000
-        figures["search_p99_ms"] = _percentile(samples, 0.99) * 1000
+        figures["search_p99_ms"] = percentile(samples, 0.99) * 1000
 
         def history() -> None:
             token = ""
@@ -198,14 +118,18 @@ def run_benchmarks(address: str, pid: int, sizes: dict[str, int]) -> dict[str, A
                 if not token:
                     return
 
-        samples = _timed(history, sizes["histories"])
+        samples = timed(history, sizes["histories"])
         figures["history_p50_ms"] = statistics.median(samples) * 1000
-    figures["server_rss_mb"] = _rss_mb(pid)
+    figures["server_rss_mb"] = rss_mb(pid)
     return figures
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Cairn tracker benchmarks")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Cairn tracker benchmarks",
+        epilog="The analytics benchmarks: python -m bench analytics --help",
+    )
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -417,9 +417,11 @@ class AnalyticsService:
                 options,
             ),
             self.reader.keys(scope, options, conditions=[FINISHED]),
+            # Every finished, measured run of every model type (4 compact columns): the
+            # trend, the top runs and each model type's best run all come from it.
             self.reader.query_table(
-                scope,
-                ["end_time", "start_time", metric_field],
+                scope.without_model_type(),
+                ["end_time", "start_time", "model_type", metric_field],
                 options,
                 conditions=[FINISHED, measured],
                 order_by="end_time ASC, start_time ASC",
@@ -442,7 +444,14 @@ class AnalyticsService:
         board = pb.Dashboard(
             metric=key, direction=_direction_proto(direction), direction_inferred=direction.inferred
         )
-        board.trend.CopyFrom(_trend(trend_table, metric_field, direction))
+        measured_values = _values(trend_table.columns[metric_field], len(trend_table))
+        model_types = trend_table.columns["model_type"].texts
+        in_scope = [
+            i
+            for i in range(len(trend_table))
+            if not scope.model_type or (model_types[i] or "") == scope.model_type
+        ]
+        board.trend.CopyFrom(_trend(trend_table, in_scope, metric_field, direction))
         for group, values in dataset_rows:
             board.datasets.append(
                 pb.DatasetPerformance(
@@ -455,10 +464,16 @@ class AnalyticsService:
                 )
             )
 
-        # The top runs, from the trend table's values (already in the scope, finished).
-        values = _values(trend_table.columns[metric_field], len(trend_table))
-        order = sorted(range(len(values)), key=lambda i: (direction.sort_key(values[i]), i))[:k]
-        top_ids = [trend_table.run_ids[i] for i in order]
+        # The top runs and each model type's best, from the same table.
+        ranked = sorted(
+            range(len(trend_table)), key=lambda i: (direction.sort_key(measured_values[i]), i)
+        )
+        scoped = set(in_scope)
+        top_ids = [trend_table.run_ids[i] for i in ranked if i in scoped][:k]
+        best_by_type: dict[str, str] = {}
+        for i in ranked:
+            best_by_type.setdefault(model_types[i] or "", trend_table.run_ids[i])
+        best_in_scope = top_ids[0] if top_ids else ""
         params = [field_text("params", p) for p in keys.varied_params()[:MAX_PARAM_COLUMNS]]
         if not heat_fields:
             common = sorted(keys.metrics, key=lambda c: (-c.run_count, c.key))
@@ -466,7 +481,7 @@ class AnalyticsService:
         kpi_groups = _kpi_groups(kpi_rows, direction)
         kpi_types = [t for t in kpi_groups if t][:MAX_GROUPS]
 
-        # Round two: top runs' details and histories, and each model type's best run.
+        # Round two: the top runs' details and histories.
         top_request = (
             self.reader.query_table(
                 scope,
@@ -484,39 +499,16 @@ class AnalyticsService:
             )
             for run_id in top_ids
         ]
-        best_requests = [
-            self.reader.query_table(
-                Scope(scope.experiment_ids, scope.filter, model_type),
-                [metric_field],
-                options,
-                conditions=[FINISHED, measured],
-                order_by=f"{metric_field} {direction.sql_order}, start_time ASC",
-                limit=1,
-            )
-            for model_type in ["", *kpi_types]
-        ]
-        top_table, epoch_histories, best_tables = await asyncio.gather(
-            top_request, asyncio.gather(*histories), asyncio.gather(*best_requests)
-        )
+        top_table, epoch_histories = await asyncio.gather(top_request, asyncio.gather(*histories))
 
         scope_group = (
             kpi_groups.get(scope.model_type) if scope.model_type else _merge(kpi_groups, direction)
         )
-        best_by_type = {
-            model_type: (t.run_ids[0] if len(t) else "")
-            for model_type, t in zip(["", *kpi_types], best_tables, strict=True)
-        }
-        board.kpis.append(
-            _kpis(
-                "",
-                scope_group or _Group(),
-                best_by_type[""]
-                if not scope.model_type
-                else best_by_type.get(scope.model_type, ""),
-            )
-        )
+        board.kpis.append(_kpis("", scope_group or _Group(), best_in_scope))
         for model_type in kpi_types:
-            board.kpis.append(_kpis(model_type, kpi_groups[model_type], best_by_type[model_type]))
+            board.kpis.append(
+                _kpis(model_type, kpi_groups[model_type], best_by_type.get(model_type, ""))
+            )
         board.states.CopyFrom(_states(kpi_rows, scope.model_type))
 
         if top_table is not None:
@@ -774,13 +766,15 @@ def _differs(column: Column, rows: int) -> bool:
     return len(set(values)) > 1
 
 
-def _trend(table: Table, metric_field: str, direction: Direction) -> pb.Trend:
-    trend = pb.Trend(run_count=len(table))
-    values = table.columns[metric_field].numbers
+def _trend(table: Table, rows: Sequence[int], metric_field: str, direction: Direction) -> pb.Trend:
+    """Best-so-far improvements over `rows` of a table in time order."""
+    trend = pb.Trend(run_count=len(rows))
+    numbers = table.columns[metric_field].numbers
     ends = table.columns["end_time"].numbers
     starts = table.columns["start_time"].numbers
     best = math.nan
-    for row, value in enumerate(values):
+    for row in rows:
+        value = numbers[row]
         if math.isnan(value):
             continue
         if math.isnan(best) or direction.better(value, best):

@@ -42,3 +42,37 @@ def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
     }
     assert set(figures) == expected
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures.values())
+
+
+def test_analytics_bench_runs_in_smoke_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "analytics", "--smoke", "--json", "--database", "sqlite"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["database"] == "sqlite"
+    calls = {
+        "dashboard",
+        "dashboard_retrieval",
+        "leaderboard",
+        "leaderboard_by_model_type",
+        "insights",
+        "suggest",
+        "query_run_table",
+    }
+    assert set(report["samples"]) == calls
+    assert report["seeding"]["runs"] == report["sizes"]["runs"] == 200
+    figures = report["figures"]
+    expected = {
+        "seed_runs_per_s",
+        *(f"{call}_{p}_ms" for call in calls for p in ("p50", "p95")),
+        "tracker_rss_mb",
+        "analytics_rss_mb",
+    }
+    assert set(figures) == expected
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures.values())
