@@ -41,6 +41,19 @@ _METHODS = {
 }
 
 
+def _scope(
+    experiment_ids: Sequence[str], filter: str, model_type: str, metric: str, direction: GoalName
+) -> dict[str, Any]:
+    """The request fields every analysis shares: which runs, which metric, which way."""
+    return {
+        "experiment_ids": list(experiment_ids),
+        "filter": filter,
+        "model_type": model_type,
+        "metric": metric,
+        "direction": _DIRECTIONS[direction],
+    }
+
+
 class Analytics:
     def __init__(
         self, target: str | None = None, *, token: str | None = None, timeout: float = 120.0
@@ -95,11 +108,7 @@ class Analytics:
         return self._call(
             self.stub.GetLeaderboard,
             pb.GetLeaderboardRequest(
-                experiment_ids=list(experiment_ids),
-                filter=filter,
-                model_type=model_type,
-                metric=metric,
-                direction=_DIRECTIONS[direction],
+                **_scope(experiment_ids, filter, model_type, metric, direction),
                 top_k=top_k,
                 group_by=_GROUPS[group_by],
                 param_keys=list(param_keys),
@@ -123,11 +132,7 @@ class Analytics:
         return self._call(
             self.stub.GetDashboard,
             pb.GetDashboardRequest(
-                experiment_ids=list(experiment_ids),
-                filter=filter,
-                model_type=model_type,
-                metric=metric,
-                direction=_DIRECTIONS[direction],
+                **_scope(experiment_ids, filter, model_type, metric, direction),
                 top_k=top_k,
                 epoch_metric=epoch_metric,
                 heatmap_metrics=list(heatmap_metrics),
@@ -150,11 +155,7 @@ class Analytics:
         return self._call(
             self.stub.GetHyperparameterInsights,
             pb.GetHyperparameterInsightsRequest(
-                experiment_ids=list(experiment_ids),
-                filter=filter,
-                model_type=model_type,
-                metric=metric,
-                direction=_DIRECTIONS[direction],
+                **_scope(experiment_ids, filter, model_type, metric, direction),
                 param_keys=list(param_keys),
                 top_fraction=top_fraction,
                 importance_method=_METHODS[method],
@@ -177,11 +178,7 @@ class Analytics:
         return self._call(
             self.stub.SuggestExperiments,
             pb.SuggestExperimentsRequest(
-                experiment_ids=list(experiment_ids),
-                filter=filter,
-                model_type=model_type,
-                metric=metric,
-                direction=_DIRECTIONS[direction],
+                **_scope(experiment_ids, filter, model_type, metric, direction),
                 count=count,
                 param_keys=list(param_keys),
                 seed=seed,

@@ -88,6 +88,19 @@ def _experiment_ids(experiment: str) -> list[str]:
     return [resolve_experiment(_tracker(), experiment).experiment_id]
 
 
+def _scope(
+    experiment: str, metric: str, filter_text: str, model_type: str, direction: str | None
+) -> dict[str, Any]:
+    """The SDK arguments of the scope options every analysis command shares."""
+    return {
+        "experiment_ids": _experiment_ids(experiment),
+        "metric": metric,
+        "filter": filter_text,
+        "model_type": model_type,
+        "direction": _direction(direction),
+    }
+
+
 def _direction(value: str | None) -> Literal["minimize", "maximize"] | None:
     if value is None:
         return None
@@ -180,11 +193,7 @@ def leaderboard(
         group_by.replace("-", "_") if group_by else None,
     )
     board = _analytics().leaderboard(
-        _experiment_ids(experiment),
-        metric=metric,
-        filter=filter_text,
-        model_type=model_type,
-        direction=_direction(direction),
+        **_scope(experiment, metric, filter_text, model_type, direction),
         top_k=top_k,
         group_by=group,
         include_unfinished=include_unfinished,
@@ -234,11 +243,7 @@ def dashboard(
 ) -> None:
     """The experiments dashboard of EXPERIMENT (KPIs, trend, top configurations...)."""
     board = _analytics().dashboard(
-        _experiment_ids(experiment),
-        metric=metric,
-        filter=filter_text,
-        model_type=model_type,
-        direction=_direction(direction),
+        **_scope(experiment, metric, filter_text, model_type, direction),
         top_k=top_k,
         epoch_metric=epoch_metric,
     )
@@ -329,11 +334,7 @@ def insights(
 ) -> None:
     """Which params matter for --metric in EXPERIMENT, and which values go with good runs."""
     result = _analytics().insights(
-        _experiment_ids(experiment),
-        metric=metric,
-        filter=filter_text,
-        model_type=model_type,
-        direction=_direction(direction),
+        **_scope(experiment, metric, filter_text, model_type, direction),
         top_fraction=top_fraction,
         method=cast(Literal["ped_anova", "fanova"], method.replace("-", "_")),
     )
@@ -381,11 +382,7 @@ def suggest(
 ) -> None:
     """Configurations to try next in EXPERIMENT, from a TPE sampler warmed with its runs."""
     result = _analytics().suggest(
-        _experiment_ids(experiment),
-        metric=metric,
-        filter=filter_text,
-        model_type=model_type,
-        direction=_direction(direction),
+        **_scope(experiment, metric, filter_text, model_type, direction),
         count=count,
         seed=seed,
     )
