@@ -20,6 +20,8 @@ from cairn.tracker.v1 import tracker_service_pb2 as tpb
 from services.common.settings import Settings
 
 from cairn_testing import (
+    DATABASE_KINDS,
+    PostgresDatabases,
     ServerThread,
     error_info,
     expect_error,
@@ -45,9 +47,39 @@ class Stubs:
     analytics: AnalyticsStub
 
 
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stubs]:
+    """One tracker and analytics service per database kind for the module: every test works
+    in experiments of its own (or reads the shared known set), so none needs an empty
+    database, and seeding happens once."""
+    kind = str(request.param)
+    data_dir = tmp_path_factory.mktemp(f"analytics-{kind}")
+    postgres: PostgresDatabases | None = None
+    if kind == "sqlite":
+        url = sqlite_url(data_dir)
+        with migrated_database(url):
+            pass
+    else:
+        postgres = request.getfixturevalue("postgres")
+        url = postgres.fresh()
+    server = ServerThread(make_settings(url, data_dir / "data"), ("tracker", "analytics")).start()
+    try:
+        with (
+            grpc.insecure_channel(server.address("tracker")) as tracker_channel,
+            grpc.insecure_channel(server.address("analytics")) as analytics_channel,
+        ):
+            yield Stubs(TrackerStub(tracker_channel), AnalyticsStub(analytics_channel))
+    finally:
+        server.stop()
+        if postgres is not None:
+            postgres.drop(url)
+
+
 @pytest.fixture
-def stubs(analytics: tuple[TrackerStub, AnalyticsStub]) -> Stubs:
-    return Stubs(*analytics)
+def stubs(stack: Stubs) -> Stubs:
+    return stack
 
 
 def add_run(
@@ -132,9 +164,10 @@ def seed_known_set(tracker: TrackerStub, count: int = 36) -> KnownSet:
     return KnownSet(experiment, runs, recalls, params)
 
 
-@pytest.fixture
-def known(stubs: Stubs) -> KnownSet:
-    return seed_known_set(stubs.tracker)
+@pytest.fixture(scope="module")
+def known(stack: Stubs) -> KnownSet:
+    """The known set, seeded once per database kind; tests only read it."""
+    return seed_known_set(stack.tracker)
 
 
 def best_index(known: KnownSet) -> int:
@@ -242,7 +275,8 @@ def test_leaderboard_ties_share_a_rank(stubs: Stubs) -> None:
 # ---------------------------------------------------------------------- dashboard
 
 
-def test_dashboard_known_answers(stubs: Stubs, known: KnownSet) -> None:
+def test_dashboard_known_answers(stubs: Stubs) -> None:
+    known = seed_known_set(stubs.tracker)  # its own: this test adds runs to it
     # Runs the dashboard must count but not rank: failed, killed and still running.
     add_run(stubs.tracker, known.experiment, params={}, status=run_pb2.RUN_STATUS_FAILED)
     add_run(stubs.tracker, known.experiment, params={}, status=run_pb2.RUN_STATUS_KILLED)
