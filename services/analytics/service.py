@@ -327,20 +327,26 @@ class AnalyticsService:
         board = pb.Leaderboard(
             metric=key, direction=_direction_proto(direction), direction_inferred=direction.inferred
         )
-        if not params:
-            keys = await self.reader.keys(scope, options, conditions=conditions)
-            varied = keys.varied_params()
-            params = [field_text("params", p) for p in varied[:MAX_PARAM_COLUMNS]]
-            explicit = False
+        # Round one, concurrently: the params worth showing and the groups with their sizes
+        # (one group of the whole scope when ungrouped).
+        explicit = bool(params)
+        keys, group_rows = await asyncio.gather(
+            self.reader.keys(scope, options, conditions=conditions) if not explicit else _none(),
+            self.reader.aggregate(
+                scope,
+                [group_field] if group_field else [],
+                [(COUNT, "")],
+                options,
+                conditions=conditions,
+            ),
+        )
+        if keys is not None:
+            params = [field_text("params", p) for p in keys.varied_params()[:MAX_PARAM_COLUMNS]]
+        if group_field:
+            groups = [(g[0], int(v[0])) for g, v in group_rows][:MAX_GROUPS]
         else:
-            explicit = True
-        if not group_field:
-            groups: list[tuple[str, int]] = [("", -1)]
-        else:
-            rows = await self.reader.aggregate(
-                scope, [group_field], [(COUNT, "")], options, conditions=conditions
-            )
-            groups = [(g[0], int(v[0])) for g, v in rows][:MAX_GROUPS]
+            groups = [("", int(group_rows[0][1][0]) if group_rows else 0)]
+        # Round two: each group's top runs.
         tables = await asyncio.gather(
             *(
                 self.reader.query_table(
@@ -356,13 +362,7 @@ class AnalyticsService:
                 for group, _ in groups
             )
         )
-        if group_field:
-            counts = [count for _, count in groups]
-        else:
-            rows = await self.reader.aggregate(
-                scope, [], [(COUNT, "")], options, conditions=conditions
-            )
-            counts = [int(rows[0][1][0]) if rows else 0]
+        counts = [count for _, count in groups]
         for (group, _), table, count in zip(groups, tables, counts, strict=True):
             values = _values(table.columns[metric_field], len(table))
             entry_group = pb.LeaderboardGroup(group=group, run_count=count)
@@ -727,7 +727,7 @@ class AnalyticsService:
 # ---------------------------------------------------------------------- helpers
 
 
-async def _none() -> Table | None:
+async def _none() -> None:
     return None
 
 
