@@ -154,13 +154,13 @@ def wait_healthy(address: str, process: subprocess.Popen[bytes] | None, timeout:
     return False
 
 
-def _loopback_address(settings: Any) -> str:
-    """Where this machine reaches the tracker bound to settings.host: the host itself, or
-    loopback when it binds every interface."""
+def _loopback_address(settings: Any, port: int | None = None) -> str:
+    """Where this machine reaches a service bound to settings.host (the tracker unless
+    `port` says): the host itself, or loopback when it binds every interface."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
-    return f"{host}:{settings.tracker_port}"
+    return f"{host}:{settings.tracker_port if port is None else port}"
 
 
 def start_detached(settings: Any, timeout: float = 120.0) -> int:
@@ -412,10 +412,10 @@ def _sweep_analysis(settings: Any, sweep_id: str) -> dict[str, Any]:
     from cairn.cli.output import message_data
     from cairn.errors import CairnError
 
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     sweep = f"tags.sweep = '{sweep_id}'"
+    address = _loopback_address(settings, settings.analytics_port)
     try:
-        with Analytics(f"{host}:{settings.analytics_port}", timeout=60) as analytics:
+        with Analytics(address, timeout=60) as analytics:
             insights = analytics.insights(metric="accuracy", filter=sweep)
             suggestions = analytics.suggest(metric="accuracy", filter=sweep, count=1)
     except CairnError as error:

@@ -341,6 +341,8 @@ def analyze(
 @dataclass
 class Proposal:
     values: dict[str, str]
+    # The values that differ from the base configuration ("1e-3" and "0.001" are one value).
+    changed: dict[str, str]
     reason: str
 
 
@@ -445,7 +447,7 @@ def suggest(
                 )
             ]
             reason = preface + ("; " + "; ".join(parts) if parts else "")
-            proposals.append(Proposal(sampled, reason))
+            proposals.append(Proposal(sampled, changed, reason))
     return proposals, insights
 
 

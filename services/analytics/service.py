@@ -706,13 +706,7 @@ class AnalyticsService:
                 reason=proposal.reason,
             )
             suggestion.params.update({**base_run.params, **proposal.values})
-            suggestion.changed_params.update(
-                {
-                    k: v
-                    for k, v in proposal.values.items()
-                    if _canonical_text(base_run.params.get(k)) != _canonical_text(v)
-                }
-            )
+            suggestion.changed_params.update(proposal.changed)
             response.suggestions.append(suggestion)
         if not insights.params:
             response.message = insights.message or "no param varies across the runs"
@@ -742,15 +736,6 @@ def _id_list(run_ids: Sequence[str]) -> str:
 
 def _join(*messages: str) -> str:
     return "; ".join(m for m in messages if m)
-
-
-def _canonical_text(text: str | None) -> str | None:
-    if text is None:
-        return None
-    try:
-        return repr(float(text))
-    except ValueError:
-        return text
 
 
 def _top_fraction(value: float) -> float:

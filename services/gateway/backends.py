@@ -6,6 +6,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.clients import open_channel
 from services.common.settings import ServiceName, Settings
 
 # Full gRPC service name -> the Cairn service that serves it.
@@ -13,13 +14,6 @@ SERVICE_OWNERS: dict[str, ServiceName] = {
     "cairn.tracker.v1.TrackerService": "tracker",
     "cairn.analytics.v1.AnalyticsService": "analytics",
 }
-
-# A large message limit both ways: artifacts and metric histories pass through.
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 << 20),
-    ("grpc.max_send_message_length", 256 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
-]
 
 
 class Backends:
@@ -32,7 +26,7 @@ class Backends:
 
     async def open(self) -> None:
         for owner, address in self.addresses.items():
-            self._channels[owner] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[owner] = open_channel(address)
 
     async def close(self) -> None:
         for channel in self._channels.values():
