@@ -72,19 +72,20 @@ class BackendError(CairnError):
         self.code = code
 
 
+_UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE: (StatusCode.UNAVAILABLE, "is unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (StatusCode.DEADLINE_EXCEEDED, "did not answer in time"),
+}
+
+
 def backend_error(error: grpc.aio.AioRpcError, backend: str) -> CairnError:
     """The CairnError to raise for a failed backend call."""
     code = error.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        # The channel's own text names internal addresses; the caller gets the service name.
-        status = StatusCode.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else None
-        return BackendError(
-            status or StatusCode.DEADLINE_EXCEEDED,
-            f"the {backend} service did not answer in time"
-            if status is None
-            else f"the {backend} service is unavailable",
-            metadata={"backend": backend},
-        )
+    # The channel's own text names internal addresses; the caller gets the service's name.
+    unreachable = _UNREACHABLE.get(code)
+    if unreachable is not None:
+        status, what = unreachable
+        return BackendError(status, f"the {backend} service {what}", metadata={"backend": backend})
     try:
         mapped = StatusCode(code.value[0])
     except ValueError:
