@@ -30,6 +30,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 test: lint
+	$(BIN)/cairn trainer-env
 	$(BIN)/python -m pytest
 
 protos: $(VENV)/.installed-dev

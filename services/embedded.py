@@ -19,6 +19,7 @@ from services.common.server import (
     start_metrics_endpoint,
 )
 from services.common.settings import ServiceName, Settings
+from services.scheduler import app as scheduler_app
 from services.tracker import app as tracker_app
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,14 @@ SpecBuilder = Callable[[Settings], ServiceSpec]
 # The gRPC services that exist, in start order; the gateway starts after them.
 GRPC_SERVICES: dict[str, SpecBuilder] = {
     "tracker": tracker_app.build_spec,
+    "scheduler": scheduler_app.build_spec,
     "analytics": analytics_app.build_spec,
 }
-SERVICES: tuple[ServiceName, ...] = ("tracker", "analytics", "gateway")
-MIGRATORS: dict[str, Callable[[Settings], None]] = {"tracker": tracker_app.migrate}
+SERVICES: tuple[ServiceName, ...] = ("tracker", "scheduler", "analytics", "gateway")
+MIGRATORS: dict[str, Callable[[Settings], None]] = {
+    "tracker": tracker_app.migrate,
+    "scheduler": scheduler_app.migrate,
+}
 
 
 def build_service(

@@ -34,7 +34,7 @@ from cairn.tracker.v1 import (
     tracker_service_pb2_grpc,
 )
 from services.common.db import Database
-from services.common.server import Runnable
+from services.common.server import GrpcService, Runnable, ServiceSpec
 from services.common.settings import Settings, load_settings
 from services.embedded import MIGRATORS, build_service
 
@@ -46,9 +46,16 @@ POSTGRES_ADMIN_URL = os.environ.get(
 class ServerThread:
     """One or more Cairn gRPC services on ephemeral loopback ports, in a background loop."""
 
-    def __init__(self, settings: Settings, names: tuple[str, ...] = ("tracker",)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        names: tuple[str, ...] = ("tracker",),
+        specs: dict[str, Callable[[Settings], ServiceSpec]] | None = None,
+    ) -> None:
         self.settings = settings
         self.names = names
+        # Services built from a custom ServiceSpec (a scheduler with a test launcher).
+        self.specs = specs or {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="test-server", daemon=True
@@ -63,12 +70,16 @@ class ServerThread:
             settings = settings.model_copy(
                 update={
                     f"{backend}_address": self.services[backend].address
-                    for backend in ("tracker", "analytics")
+                    for backend in ("tracker", "scheduler", "analytics")
                     if backend in self.services
                 }
             )
             # The settings say which port (0 in tests: an ephemeral one).
-            service = build_service(settings, name, host="127.0.0.1")
+            service = (
+                GrpcService(self.specs[name](settings), settings, host="127.0.0.1", port=0)
+                if name in self.specs
+                else build_service(settings, name, host="127.0.0.1")
+            )
             self.call(service.start())
             self.services[name] = service
         return self
@@ -97,6 +108,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "tracker_metrics_port": 0,
         "analytics_port": 0,
         "analytics_metrics_port": 0,
+        "scheduler_port": 0,
+        "scheduler_metrics_port": 0,
         "gateway_port": 0,
         "worker_threads": 8,
         "shutdown_grace_seconds": 0,

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from cairn.analytics.v1 import analytics_service_pb2_grpc
+from cairn.scheduler.v1 import scheduler_service_pb2_grpc
 from cairn.tracker.v1 import tracker_service_pb2_grpc
 from services.common.settings import Settings
 
@@ -104,7 +105,7 @@ def analytics(
 def gateway_server(settings: Settings) -> Iterator[ServerThread]:
     """The tracker, analytics and the REST gateway in front of them, on ephemeral loopback
     ports."""
-    server = ServerThread(settings, ("tracker", "analytics", "gateway")).start()
+    server = ServerThread(settings, ("tracker", "scheduler", "analytics", "gateway")).start()
     yield server
     server.stop()
 
@@ -113,3 +114,40 @@ def gateway_server(settings: Settings) -> Iterator[ServerThread]:
 def gateway_url(gateway_server: ServerThread) -> str:
     """Base URL of the gateway, e.g. http://127.0.0.1:41234 (no trailing slash)."""
     return f"http://{gateway_server.address('gateway')}"
+
+
+# ------------------------------------------------------------------------------- scheduler
+
+
+@pytest.fixture
+def scheduler_server(settings: Settings) -> Iterator[ServerThread]:
+    """A tracker and a scheduler serving its API WITHOUT the reconcile loop: jobs stay
+    QUEUED (for API and CLI tests; tests/service/test_scheduler_jobs.py runs the loop)."""
+    from functools import partial
+
+    from services.scheduler import app as scheduler_app
+
+    server = ServerThread(
+        settings,
+        ("tracker", "scheduler"),
+        specs={"scheduler": partial(scheduler_app.build_spec, reconcile=False)},
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scheduler(
+    scheduler_server: ServerThread,
+) -> Iterator[scheduler_service_pb2_grpc.SchedulerServiceStub]:
+    """A real stub of the scheduler (no reconcile loop) on loopback."""
+    with grpc.insecure_channel(scheduler_server.address("scheduler")) as channel:
+        yield scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    """The bundled sample dataset (user_id, item_id, item_category, rating, timestamp)."""
+    from cairn.sample_data import sample_dataset_path
+
+    return sample_dataset_path()

@@ -33,9 +33,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import analytics, bundle, stack, tracking
+    from cairn.cli import analytics, bundle, demo, scheduling, stack, tracking, trainer
 
-    for module in (stack, tracking, bundle, analytics):
+    for module in (stack, demo, tracking, bundle, analytics, trainer, scheduling):
         for command in module.COMMANDS:
             cli.add_command(command)
 

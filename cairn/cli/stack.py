@@ -241,6 +241,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
         database = display_url(settings.database_url_for("tracker"))
         console.print(
             f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}, "
+            f"scheduler gRPC {settings.host}:{settings.scheduler_port}, "
             f"analytics gRPC {settings.host}:{settings.analytics_port}, "
             f"REST gateway http://{settings.host}:{settings.gateway_port} (docs at /docs)"
             + (f", metrics http://{metrics_host}:{metrics}/metrics" if metrics else "")
@@ -268,7 +269,7 @@ def down(data_dir: Path | None) -> None:
 
 
 @click.command()
-@click.argument("service", type=click.Choice(["tracker", "analytics", "gateway"]))
+@click.argument("service", type=click.Choice(["tracker", "scheduler", "analytics", "gateway"]))
 def serve(service: str) -> None:
     """Run one service (the container command on Kubernetes). Configured by CAIRN_* vars."""
     from services.common.logs import configure_logging
@@ -277,7 +278,7 @@ def serve(service: str) -> None:
 
     settings = _settings(None)
     configure_logging(settings.log_level, settings.log_format)
-    # Only the tracker owns a database; the others start without one.
+    # The tracker and the scheduler own databases; the others start without one.
     urls = [settings.database_url_for(service)] if service in MIGRATORS else []  # type: ignore[arg-type]
     with startup_errors(urls):
         serve_services(settings, [service])  # type: ignore[list-item]
@@ -290,7 +291,7 @@ def db() -> None:
 
 @db.command("upgrade")
 @data_dir_option
-@click.argument("services", nargs=-1, type=click.Choice(["tracker"]))
+@click.argument("services", nargs=-1, type=click.Choice(["tracker", "scheduler"]))
 def db_upgrade(data_dir: Path | None, services: tuple[str, ...]) -> None:
     """Apply migrations (every service's, or the named ones) to CAIRN_DATABASE_URL."""
     from services.embedded import MIGRATORS, migrate

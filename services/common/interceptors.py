@@ -7,6 +7,7 @@ of cross-cutting concerns.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import hmac
@@ -21,10 +22,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[i
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from services.common.errors import ERROR_DOMAIN, CairnError
+from services.common.errors import ERROR_DOMAIN, CairnError, PermissionDenied, Unauthenticated
 from services.common.logs import request_id_var
 from services.common.request_ids import valid_request_id
 from services.common.rpc import Context, Handler, ServerInterceptor
+from services.common.run_tokens import names_run, process_run_token_secret, verify_run_token
 
 log = logging.getLogger("cairn.rpc")
 
@@ -238,23 +240,73 @@ class MetricsInterceptor(_WrappingInterceptor):
         return wrap_handler(handler, unary, stream)
 
 
+RunOf = Callable[[Any], str | None]
+
+TRACKER_SERVICE_PREFIX = "/cairn.tracker.v1.TrackerService/"
+
+
+def _upload_run(message: Any) -> str | None:
+    """An UploadArtifact message names its run in its metadata; content chunks name none."""
+    return str(message.metadata.run) if message.WhichOneof("payload") == "metadata" else None
+
+
+# What a run token may call, and where each request message names the run it touches: the
+# tracker's run-writing RPCs, and GetRun to read the run back.
+RUN_TOKEN_METHODS: dict[str, RunOf] = {
+    TRACKER_SERVICE_PREFIX + "GetRun": lambda request: str(request.name),
+    TRACKER_SERVICE_PREFIX + "LogMetrics": lambda request: str(request.run),
+    TRACKER_SERVICE_PREFIX + "StreamMetrics": lambda request: str(request.run),
+    TRACKER_SERVICE_PREFIX + "LogParams": lambda request: str(request.run),
+    TRACKER_SERVICE_PREFIX + "SetRunTags": lambda request: str(request.run),
+    TRACKER_SERVICE_PREFIX + "UploadArtifact": _upload_run,
+}
+
+# What is read (and dropped) of a client stream rejected mid-way, so the client finishes
+# writing and sees the real status (grpc/grpc#36066), as the tracker's servicer does.
+DRAIN_LIMIT_BYTES = 256 << 20
+DRAIN_LIMIT_SECONDS = 10.0
+
+
+async def drain_rejected_stream(stream: AsyncIterator[Any]) -> None:
+    """Read and drop what a rejected client stream still sends, within the limits above."""
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_LIMIT_SECONDS):
+            async for message in stream:
+                drained += message.ByteSize()
+                if drained > DRAIN_LIMIT_BYTES:
+                    return
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A client-supplied name for an error message: never the whole of a huge one."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
+
+
 class AuthInterceptor(ServerInterceptor):
-    """Bearer tokens from CAIRN_AUTH_TOKENS; health checks stay open for probes."""
+    """Bearer tokens: those of CAIRN_AUTH_TOKENS may call anything; a run token
+    (services.common.run_tokens) may only call RUN_TOKEN_METHODS on its own run, checked on
+    every request message before the servicer sees it. Health checks stay open for probes.
+    Without CAIRN_AUTH_TOKENS auth is off (loopback only) and credentials are ignored."""
 
-    def __init__(self, tokens: frozenset[str]) -> None:
+    def __init__(self, tokens: frozenset[str], run_token_secret: bytes | None = None) -> None:
         self._tokens = [t.encode() for t in tokens]
+        self._run_token_secret = run_token_secret
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+    @staticmethod
+    def _bearer(details: grpc.HandlerCallDetails) -> str | None:
+        """The credential of an `authorization: Bearer <credential>` header, if one came."""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 scheme, _, credential = str(value).partition(" ")
-                if scheme.lower() != "bearer":
-                    return False
-                supplied = credential.strip().encode()
-                # Compare against every token so timing does not reveal which one matched.
-                matches = [hmac.compare_digest(supplied, token) for token in self._tokens]
-                return any(matches)
-        return False
+                return credential.strip() if scheme.lower() == "bearer" else None
+        return None
+
+    def _is_full_token(self, credential: str) -> bool:
+        supplied = credential.encode()
+        # Compare against every token so timing does not reveal which one matched.
+        matches = [hmac.compare_digest(supplied, token) for token in self._tokens]
+        return any(matches)
 
     async def intercept_service(
         self,
@@ -262,37 +314,91 @@ class AuthInterceptor(ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or not self._tokens
-            or handler_call_details.method.startswith(HEALTH_SERVICE_PREFIX)
-            or self._authorized(handler_call_details)
-        ):
+        method = handler_call_details.method
+        if handler is None or not self._tokens or method.startswith(HEALTH_SERVICE_PREFIX):
             return handler
-
-        async def deny_unary(_request: Any, context: Context) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token: send 'authorization: Bearer <token>'",
+        credential = self._bearer(handler_call_details)
+        if credential and self._is_full_token(credential):
+            return handler
+        secret = self._run_token_secret or process_run_token_secret()
+        run = verify_run_token(secret, credential) if credential else None
+        if run is None:
+            return _denied(
+                handler,
+                Unauthenticated(
+                    "missing or invalid bearer token: send 'authorization: Bearer <token>'"
+                ),
+                method,
             )
+        run_of = RUN_TOKEN_METHODS.get(method)
+        if run_of is None:
+            _, name = _split_method(method)
+            return _denied(handler, _outside_run(run, method, f"{name} is not allowed"), method)
+        return _scoped_to_run(handler, run, run_of, method)
 
-        async def deny_stream(_request: Any, context: Context) -> AsyncIterator[Any]:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token: send 'authorization: Bearer <token>'",
-            )
-            yield None  # pragma: no cover - abort raises
 
-        async def deny(behavior: Behavior, request: Any, context: Context) -> Any:
-            return await deny_unary(request, context)
+def _outside_run(run: str, method: str, why: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"this token may only write run {run}: {why}",
+        reason="RUN_TOKEN_SCOPE",
+        metadata={"run": run, "method": method},
+    )
 
-        async def deny_iter(
-            behavior: Behavior, request: Any, context: Context
-        ) -> AsyncIterator[Any]:
-            async for item in deny_stream(request, context):
-                yield item
 
-        return wrap_handler(handler, deny, deny_iter)
+def _denied(handler: Handler, error: CairnError, method: str) -> Handler:
+    """The handler with its behaviour replaced by failing with `error`."""
+
+    async def deny(_behavior: Behavior, _request: Any, context: Context) -> Any:
+        await abort_with(context, error, method)
+
+    async def deny_stream(
+        _behavior: Behavior, _request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        await abort_with(context, error, method)
+        yield None  # pragma: no cover - abort raises
+
+    return wrap_handler(handler, deny, deny_stream)
+
+
+def _scoped_to_run(handler: Handler, run: str, run_of: RunOf, method: str) -> Handler:
+    """The handler, admitting only request messages that name `run`. In a client stream a
+    message naming no run (an artifact chunk) belongs to the run named before it."""
+
+    async def reject(requested: str | None, context: Context) -> None:
+        why = "this request names no run" if requested is None else f"not {_shown(requested)}"
+        await abort_with(context, _outside_run(run, method, why), method)
+
+    async def checked_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+        stream = aiter(requests)
+        named = False
+        async for message in stream:
+            requested = run_of(message)
+            if requested is None and named:
+                yield message
+                continue
+            if requested is None or not names_run(requested, run):
+                await drain_rejected_stream(stream)
+                await reject(requested, context)
+            named = True
+            yield message
+
+    async def admit(request: Any, context: Context) -> Any:
+        """The request (or request stream) the servicer may see."""
+        if handler.request_streaming:
+            return checked_stream(request, context)
+        requested = run_of(request)
+        if not names_run(requested or "", run):
+            await reject(requested, context)
+        return request
+
+    async def unary(behavior: Behavior, request: Any, context: Context) -> Any:
+        return await behavior(await admit(request, context), context)
+
+    async def stream(behavior: Behavior, request: Any, context: Context) -> AsyncIterator[Any]:
+        async for item in _iterate(behavior, await admit(request, context), context):
+            yield item
+
+    return wrap_handler(handler, unary, stream)
 
 
 class ErrorMappingInterceptor(_WrappingInterceptor):
@@ -349,10 +455,14 @@ async def abort_with(context: Context, error: Exception, method: str) -> None:
     await context.abort(status.code, status.details, trailing)
 
 
-def default_interceptors(tokens: frozenset[str]) -> list[ServerInterceptor]:
+def default_interceptors(
+    tokens: frozenset[str], run_token_secret: bytes | None = None
+) -> list[ServerInterceptor]:
+    """The interceptors of every server. `run_token_secret` verifies run tokens (pass
+    services.common.run_tokens.run_token_secret(settings)); None: this process's random key."""
     return [
         RequestContextInterceptor(),
         MetricsInterceptor(),
-        AuthInterceptor(tokens),
+        AuthInterceptor(tokens, run_token_secret),
         ErrorMappingInterceptor(),
     ]

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common.interceptors import default_interceptors
+from services.common.run_tokens import run_token_secret
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class GrpcService:
         # grpc.aio binds a server to the running event loop, so it is made in start().
         max_bytes = self.settings.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
-            interceptors=default_interceptors(self.settings.tokens),
+            interceptors=default_interceptors(
+                self.settings.tokens, run_token_secret(self.settings)
+            ),
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),

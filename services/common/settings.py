@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     # SQLAlchemy URL shared by services; CAIRN_<SVC>_DATABASE_URL overrides it per service.
     database_url: str | None = None
     tracker_database_url: str | None = None
+    scheduler_database_url: str | None = None
     # Where artifact content lives: a local folder, file://, gs://bucket/prefix or s3://...
     artifact_root: str | None = None
 
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     # Prometheus /metrics; 0 disables the endpoint.
     tracker_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["tracker"], ge=0, le=65535)
     analytics_port: int = Field(default=DEFAULT_GRPC_PORTS["analytics"], ge=0, le=65535)
+    scheduler_port: int = Field(default=DEFAULT_GRPC_PORTS["scheduler"], ge=0, le=65535)
+    scheduler_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["scheduler"], ge=0, le=65535)
     analytics_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["analytics"], ge=0, le=65535)
     metrics_host: str | None = None
 
@@ -61,6 +64,21 @@ class Settings(BaseSettings):
     # Where the gateway reaches each backend; default: this host's own service port.
     tracker_address: str | None = None
     analytics_address: str | None = None
+    scheduler_address: str | None = None
+
+    # The scheduler. Which launcher runs jobs' workloads ("local": a subprocess per job in the
+    # trainer runtime, see `cairn trainer-env`).
+    scheduler_launcher: Literal["local"] = "local"
+    # How many jobs may be submitting or running at once; further jobs wait QUEUED.
+    scheduler_max_running_jobs: int = Field(default=2, ge=1, le=1000)
+    # Seconds between two passes of the reconcile loop (claim, launch, poll, finalize).
+    scheduler_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+    # Where jobs' working files live (pipeline root, logs, outputs); default <data_dir>/jobs.
+    scheduler_work_dir: Path | None = None
+    # Base URL at which trainers reach the REST gateway to report metrics live; default
+    # http://<this host>:<gateway_port>. Empty disables live reporting (the metrics are then
+    # ingested from training_metrics.json when the job ends).
+    gateway_url: str | None = None
     # Deadline of a call one service makes to another (analytics reading the tracker), unless
     # the incoming call's own deadline is sooner.
     backend_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
@@ -76,6 +94,11 @@ class Settings(BaseSettings):
     # HMAC key for page tokens. Unset: a random key per process (tokens then do not survive a
     # restart, and replicas must share one; set it in production).
     page_token_secret: str | None = None
+    # HMAC key for per-job run tokens (services.common.run_tokens: the scheduler mints them,
+    # the tracker accepts them only for writing their own run). Unset: a random key per
+    # process, fine when one process runs every service (the embedded default); separate
+    # processes (the scheduler and the tracker on Kubernetes) must share one.
+    run_token_secret: str | None = Field(default=None, min_length=16)
 
     # Apply alembic migrations when a server starts (the embedded default). On Kubernetes a
     # Helm hook Job migrates and servers only verify the schema version.
@@ -121,6 +144,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir() / 'cairn.db'}"
+
+    def resolved_scheduler_work_dir(self) -> Path:
+        work_dir = self.scheduler_work_dir or self.resolved_data_dir() / "jobs"
+        return work_dir.expanduser().resolve()
+
+    def resolved_gateway_url(self) -> str:
+        if self.gateway_url is not None:
+            return self.gateway_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.gateway_port}"
 
     def resolved_artifact_root(self) -> str:
         return self.artifact_root or str(self.resolved_data_dir() / "artifacts")

@@ -13,6 +13,7 @@ from services.common.settings import ServiceName, Settings
 SERVICE_OWNERS: dict[str, ServiceName] = {
     "cairn.tracker.v1.TrackerService": "tracker",
     "cairn.analytics.v1.AnalyticsService": "analytics",
+    "cairn.scheduler.v1.SchedulerService": "scheduler",
 }
 
 

@@ -128,6 +128,10 @@ def test_descriptions_carry_the_proto_comments(document: dict[str, Any]) -> None
     assert document["tags"] == [
         {"name": "TrackerService", "description": service_comment},
         {
+            "name": "SchedulerService",
+            "description": comments["cairn.scheduler.v1.SchedulerService"],
+        },
+        {
             "name": "AnalyticsService",
             "description": comments["cairn.analytics.v1.AnalyticsService"],
         },

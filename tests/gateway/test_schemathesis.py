@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from schemathesis.specs.openapi.checks import (
 
 from services.gateway.bindings import all_bindings, registered_services
 from services.gateway.openapi import build_openapi
+from services.scheduler import app as scheduler_app
 
 from cairn_testing import ServerThread, make_settings, migrated_database, sqlite_url
 
@@ -108,7 +110,10 @@ def gateway(
     with migrated_database(url):
         pass
     server = ServerThread(
-        make_settings(url, data_dir / "data"), ("tracker", "analytics", "gateway")
+        make_settings(url, data_dir / "data"),
+        ("tracker", "scheduler", "analytics", "gateway"),
+        # Generated jobs must not start training: the scheduler serves without its loop.
+        specs={"scheduler": partial(scheduler_app.build_spec, reconcile=False)},
     ).start()
     try:
         yield f"http://{server.address('gateway')}"
