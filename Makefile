@@ -1,12 +1,12 @@
 # Two commands do all set-up on a fresh machine (see README):
-#   make example   -> installs Cairn into .venv and runs the main job on the embedded default
+#   make demo      -> installs Cairn into .venv and runs the main job on the embedded default
 #   make test      -> installs the dev tools and runs the whole test suite (both databases)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test lint protos bench clean
+.PHONY: demo example test lint protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml package.json package-lock.json | $(BIN)/p
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+demo: $(VENV)/.installed-examples
+	$(BIN)/cairn demo
 
 example: $(VENV)/.installed-examples
 	$(BIN)/cairn example

@@ -55,6 +55,7 @@ PYTHON_ENV = "CAIRN_TRAINER_PYTHON"
 # out (the extra admits one release, dill 0.3.1.1). On 3.11 pip must also ignore some
 # packages' Requires-Python; its lock pins a beam that keeps protobuf < 5.
 _REQUIREMENTS = ("tfx", "tensorflow-recommenders", "apache-beam[gcp,dill]")
+_OPTIONAL_REQUIREMENTS = ("scann",)
 _PIP_FLAGS = {"3.11": ("--ignore-requires-python",)}
 
 # The environment the trainer must run with (beyond PYTHONPATH): TFRS 0.7 on TF 2.16 needs
@@ -314,6 +315,12 @@ def install_requirements(lock: Path) -> list[str]:
         if version is None:
             raise TrainerRuntimeError(f"the lock {lock} pins no version of {name}")
         requirements.append(f"{requirement}=={version}")
+    # Installed where the lock pins them (ScaNN has wheels for some Pythons only); the
+    # trainer uses them when they import.
+    for name in _OPTIONAL_REQUIREMENTS:
+        version = pins.get(_normalize(name))
+        if version is not None:
+            requirements.append(f"{name}=={version}")
     return requirements
 
 

@@ -39,7 +39,7 @@ def _find(items: list[object], display_name: str) -> str | None:
 @click.option("--keep", is_flag=True, help="Leave the stack running afterwards.")
 @click.option(
     "--sample",
-    default=25,
+    default="100",
     show_default=True,
     type=click.Choice(["5", "10", "25", "50", "100"]),
     help="Percent of the sample dataset's 100,000 interactions to train on.",
@@ -114,8 +114,8 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
                     "retrieval",
                     query_layers=[64, 32],
                     candidate_layers=[64, 32],
-                    optimizer="adagrad",
-                    learning_rate=0.1,
+                    optimizer="adam",
+                    learning_rate=0.005,
                 ).name
             )
             job = scheduler.submit_quick_test(
@@ -148,13 +148,17 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
     )
     console.print(f"\n[bold green]Held-out {recall}[/]  (demo took {elapsed:.0f} s)")
     hint = f" --data-dir {data_dir}" if data_dir else ""
+    run_id = final.run.rsplit("/", 1)[-1]
+    stack = "" if keep else "  (after `cairn up --detach`)"
     console.print(
-        "Where to look next:\n"
-        f"  cairn jobs show {final.job_id}              the job, its stages and state history\n"
-        f"  cairn runs show {final.run.rsplit('/', 1)[-1][:8]}"
-        "                  its tracker run: params, per-epoch history, artifacts\n"
+        "Where to look next" + stack + ":\n"
+        f"  cairn jobs show {final.job_id}      stages, state history, final metrics\n"
+        f"  cairn runs show {run_id[:8]}"
+        "              the run: params, per-epoch history, artifacts\n"
         "  cairn analytics leaderboard quick-tests --metric test/recall_at_10\n"
-        "  http://127.0.0.1:8080/docs                     the REST API (with `cairn up`)"
+        "  cairn jobs submit quick-test --feature-config "
+        f"{FEATURES} --model-config {MODEL} --epochs 5 --watch\n"
+        f"  http://{settings.host}:{settings.gateway_port}/docs         the REST API"
     )
     if started and keep:
         errors.print(f"The stack keeps running ({address}); stop it with: cairn down{hint}")

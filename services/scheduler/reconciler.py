@@ -140,7 +140,8 @@ class Reconciler:
                     only_in=["RUNNING"],
                     stage=status.stage or row.stage,
                     progress_percent=max(row.progress_percent, status.progress_percent),
-                    current_epoch=status.epoch,
+                    # The trainer's last event may carry no epoch (an Evaluation step).
+                    current_epoch=max(row.current_epoch, status.epoch),
                     latest_loss=status.loss
                     if status.loss is not None and math.isfinite(status.loss)
                     else row.latest_loss,
@@ -272,7 +273,7 @@ class Reconciler:
             final_metrics_json=json.dumps(final_metrics, sort_keys=True),
             progress_percent=100.0 if terminal == "SUCCEEDED" else row.progress_percent,
             stage=status.stage or row.stage,
-            current_epoch=status.epoch or row.current_epoch,
+            current_epoch=max(status.epoch, row.current_epoch, _epochs_done(history)),
             **error,
         )
         forget = getattr(self.launcher, "forget", None)
@@ -364,3 +365,9 @@ def _number(value: Any) -> float | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _epochs_done(history: dict[str, Any] | None) -> int:
+    """The last epoch training_metrics.json has (the progress poll may have missed it)."""
+    epochs = (history or {}).get("epochs") or []
+    return max((e for e in epochs if isinstance(e, int)), default=0)
