@@ -126,6 +126,13 @@ def _cell(value: Any, column_type: str, column: str, row_number: int) -> str:
     text = str(value).strip()
     if not text:
         return ""
+    if column_type == "int64":
+        try:
+            return str(int(text))  # exact: ids above 2**53 must not collapse through float
+        except ValueError:
+            pass  # "3.0" and the like: checked below
+    if isinstance(value, bool):
+        text = str(int(value))
     try:
         number = float(text)
     except ValueError:

@@ -5,6 +5,8 @@ held-out Recall@5/10/50/100."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,10 @@ from cairn.cli.stack import (
 DATASET = "sample-interactions"
 FEATURES = "sample-ids-and-categories"
 MODEL = "sample-two-tower"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _find(items: list[object], display_name: str) -> str | None:
@@ -82,11 +88,17 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
     try:
         scheduler_address = _loopback_address(settings, settings.scheduler_port)
         with Scheduler(scheduler_address, timeout=120) as scheduler:
+            # Reused across runs of the demo, unless Cairn was reinstalled elsewhere since
+            # (then the registered file is gone): the new location gets its own resources.
+            path = str(sample_dataset_path())
+            existing = [d for d in scheduler.list_datasets() if d.display_name == DATASET]
+            suffix = "" if not existing or existing[0].uri == path else f"-{_short_hash(path)}"
+            feature_display = FEATURES + suffix
             dataset = (
-                _find(list(scheduler.list_datasets()), DATASET)
+                _find(list(scheduler.list_datasets()), DATASET + suffix)
                 or scheduler.create_dataset(
-                    DATASET,
-                    str(sample_dataset_path()),
+                    DATASET + suffix,
+                    path,
                     USER_ID_COLUMN,
                     ITEM_ID_COLUMN,
                     TIMESTAMP_COLUMN,
@@ -95,9 +107,9 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
                 ).name
             )
             features = (
-                _find(list(scheduler.list_feature_configs()), FEATURES)
+                _find(list(scheduler.list_feature_configs()), FEATURES + suffix)
                 or scheduler.create_feature_config(
-                    FEATURES,
+                    FEATURES + suffix,
                     dataset,
                     [FeatureSpec("user_id", "categorical", 32)],
                     [
@@ -130,7 +142,18 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
                 f"Submitted quick test [bold]{job.job_id}[/] ({sample}% sample, {epochs} epochs, "
                 f"batch {batch_size}); its tracker run is {job.run}."
             )
-            final = follow_job(scheduler, job.name, console)
+            try:
+                final = follow_job(scheduler, job.name, console)
+            except KeyboardInterrupt:
+                if keep or not started:
+                    errors.print(f"Stopped watching; job {job.job_id} keeps running.")
+                    raise SystemExit(130) from None
+                # The stack is about to stop: do not leave its trainer running unattended.
+                errors.print(f"Interrupted: cancelling job {job.job_id}...")
+                with contextlib.suppress(CairnError):  # it may have ended meanwhile
+                    scheduler.cancel_job(job.name)
+                    scheduler.wait_job(job.name)  # the trainer is stopped within seconds
+                raise SystemExit(130) from None
     except CairnError as error:
         raise click.ClickException(str(error)) from None
     finally:
@@ -157,7 +180,7 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
         "              the run: params, per-epoch history, artifacts\n"
         "  cairn analytics leaderboard quick-tests --metric test/recall_at_10\n"
         "  cairn jobs submit quick-test --feature-config "
-        f"{FEATURES} --model-config {MODEL} --epochs 5 --watch\n"
+        f"{feature_display} --model-config {MODEL} --epochs 5 --watch\n"
         f"  http://{settings.host}:{settings.gateway_port}/docs         the REST API"
     )
     if started and keep:

@@ -43,7 +43,7 @@ def infer_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
         return "PARQUET"
-    if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv")):
+    if name.endswith((".csv", ".csv.gz", ".csv.bz2")):
         return "CSV"
     raise InvalidArgument(
         f"cannot tell the format of {path.name!r} from its name: set dataset.format",
@@ -53,12 +53,12 @@ def infer_format(path: Path) -> str:
 
 
 def _column_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+    """How the trainer reads a column. Times, dates and booleans are text to it (the time
+    splits parse ISO-8601 text as well as numbers)."""
+    if pa.types.is_integer(arrow_type):
         return "INT64"
     if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return "DOUBLE"
-    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
-        return "INT64"
     return "STRING"
 
 
@@ -77,9 +77,7 @@ def inspect_dataset(uri: str, format_name: str) -> DatasetFacts:
             schema = pq.read_schema(path)  # type: ignore[no-untyped-call]
             row_count = int(metadata.num_rows)
         else:
-            table = pa_csv.read_csv(path)  # type: ignore[attr-defined]
-            schema = table.schema
-            row_count = table.num_rows
+            schema, row_count = _scan_csv(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise InvalidArgument(
             f"dataset.uri {uri!r} is not readable as {chosen}: {str(error).splitlines()[0]}",
@@ -88,3 +86,13 @@ def inspect_dataset(uri: str, format_name: str) -> DatasetFacts:
         ) from None
     columns = [{"name": f.name, "type": _column_type(f.type)} for f in schema]
     return DatasetFacts(path, chosen, columns, row_count, path.stat().st_size)
+
+
+def _scan_csv(path: Path) -> tuple[pa.Schema, int]:
+    """The schema (inferred from the first block, as the trainer's reader would see it) and
+    the row count, streaming: a file of any size is read in bounded memory."""
+    reader = pa_csv.open_csv(path)  # type: ignore[attr-defined]
+    rows = 0
+    for batch in reader:
+        rows += batch.num_rows
+    return reader.schema, rows

@@ -26,9 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from cairn.tracker.v1 import run_pb2
+from services.common.clients import BackendError
+from services.common.errors import CairnError
 from services.common.timeutil import now_ms
 from services.scheduler.launchers import MACHINE_TYPES, Handle, Launcher, LaunchSpec
-from services.scheduler.service import RUN_STATUS_OF, SchedulerService, trainer_spec
+from services.scheduler.service import (
+    RUN_STATUS_OF,
+    TRANSIENT_CODES,
+    SchedulerService,
+    trainer_spec,
+)
 from services.scheduler.store.models import DatasetRow, FeatureConfigRow, JobRow, ModelConfigRow
 from services.scheduler.store.store import ACTIVE_STATES, SchedulerStore
 from services.scheduler.tracker_client import MetricBatch, artifact_type
@@ -60,7 +67,8 @@ class Reconciler:
         self.reporting_url = reporting_url
         self._mint_token = run_token
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._launching: set[str] = set()
+        # Jobs with a launch or a finalization in progress in this process.
+        self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -72,15 +80,19 @@ class Reconciler:
     # ------------------------------------------------------------------ the loop
 
     async def run_forever(self) -> None:
-        await self.adopt()
+        adopted = False
         while not self._stopping:
+            # Cleared before the pass, so a change made during it triggers the next one.
+            self._wake.clear()
             try:
+                if not adopted:
+                    await self.adopt()
+                    adopted = True
                 await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("reconcile pass failed; retrying")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
 
@@ -105,8 +117,11 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         for row in await self._blocking(self.store.unfinalized_terminal_jobs):
             await self.service.finish_run(row)
+        # Taken before the rows are read: a job whose launch or finalization ends after this
+        # point was skipped, one that ended before is read with what that task recorded.
+        busy = set(self._busy)
         for row in await self._blocking(self.store.jobs_in, ACTIVE_STATES):
-            if row.job_id in self._launching:
+            if row.job_id in busy:
                 continue
             try:
                 await self._reconcile_active(row)
@@ -116,17 +131,35 @@ class Reconciler:
             self._start_launch(row)
 
     def _start_launch(self, row: JobRow) -> None:
-        self._launching.add(row.job_id)
-        task = asyncio.create_task(self._launch(row), name=f"launch-{row.job_id}")
+        self._start_task(row, self._launch(row), "launch")
+
+    def _start_task(self, row: JobRow, work: Any, what: str) -> None:
+        """Run a job's slow step (a launch, which may build the runtime; a finalization,
+        which uploads the model) as its own task, so it never holds up the other jobs."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            finally:
+                self._busy.discard(row.job_id)
+                self._wake.set()
+
+        self._busy.add(row.job_id)
+        task = asyncio.create_task(guarded(), name=f"{what}-{row.job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _reconcile_active(self, row: JobRow) -> None:
         if not row.workload_json:
-            if row.state == "CANCELLING":
+            # Claimed, but no workload recorded: its launch failed before starting one, or
+            # this scheduler restarted in between. The launcher knows whether one exists.
+            found = await self._blocking(self.launcher.adopt, row.job_id, self._work_dir(row))
+            if found is not None:
+                await self._record_launch(row, found, "its workload was found and adopted")
+            elif row.state == "CANCELLING":
                 await self._end(row, "CANCELLED", "cancelled before its workload started")
             elif row.state == "SUBMITTING":
-                self._start_launch(row)  # claimed earlier, launch never recorded
+                self._start_launch(row)
             return
         handle: Handle = json.loads(row.workload_json)
         if row.state == "CANCELLING":
@@ -150,11 +183,11 @@ class Reconciler:
             return
         # The workload has ended.
         if row.state == "CANCELLING" and status.phase != "succeeded":
-            await self._finalize(row, handle, "CANCELLED", "cancelled by the user", status)
-            return
-        terminal = _TERMINAL_OF_PHASE[status.phase]
-        message = "the pipeline finished" if terminal == "SUCCEEDED" else status.message
-        await self._finalize(row, handle, terminal, message, status)
+            terminal, message = "CANCELLED", "cancelled by the user"
+        else:
+            terminal = _TERMINAL_OF_PHASE[status.phase]
+            message = "the pipeline finished" if terminal == "SUCCEEDED" else status.message
+        self._start_task(row, self._finalize(row, handle, terminal, message, status), "finalize")
 
     # ------------------------------------------------------------------ launching
 
@@ -163,21 +196,30 @@ class Reconciler:
             await self.service.ensure_run(row)
             spec = await self._launch_spec(row)
             handle = await self._blocking(self.launcher.launch, spec)
-            await self._record_launch(row, handle, f"started by the {self.launcher.name} launcher")
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            # Nothing was started (the launcher cleans up a workload it could not record).
             log.exception("job %s: launch failed", row.job_id)
-            await self._end(
-                row,
-                "FAILED",
-                f"the launch failed: {_first_line(error)}",
-                error_message=f"the launch failed: {_first_line(error)}",
-                error_details=str(error),
+            with contextlib.suppress(Exception):
+                await self._end(
+                    row,
+                    "FAILED",
+                    f"the launch failed: {_first_line(error)}",
+                    error_message=f"the launch failed: {_first_line(error)}",
+                    error_details=str(error),
+                )
+            return
+        # A workload exists from here on: a failure to record it is retried by the next
+        # pass (which adopts it), never turned into a failed job with a trainer still running.
+        try:
+            await self._record_launch(row, handle, f"started by the {self.launcher.name} launcher")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "job %s: launched, but not recorded yet; the next pass adopts it", row.job_id
             )
-        finally:
-            self._launching.discard(row.job_id)
-            self._wake.set()
 
     async def _record_launch(self, row: JobRow, handle: Handle, message: str) -> None:
         await self._blocking(
@@ -194,11 +236,17 @@ class Reconciler:
             message,
             stage="EXAMPLE_GEN",
         )
-        if moved is not None and moved.run:
-            await self.service.tracker.set_status(
-                moved.run, run_pb2.RUN_STATUS_RUNNING, start_ms=moved.start_time or now_ms()
-            )
         self.service.notify()
+        if moved is not None and moved.run:
+            # Best effort: _end sets RUNNING again before a final FINISHED if this failed.
+            await self._tracker_step(
+                row,
+                "mark the run RUNNING",
+                self.service.tracker.set_status(
+                    moved.run, run_pb2.RUN_STATUS_RUNNING, start_ms=moved.start_time or now_ms()
+                ),
+                transient_too=True,
+            )
 
     async def _launch_spec(self, row: JobRow) -> LaunchSpec:
         features = await self._blocking(
@@ -231,34 +279,25 @@ class Reconciler:
     async def _finalize(
         self, row: JobRow, handle: Handle, terminal: str, message: str, status: Any
     ) -> None:
-        """Put the workload's results into the tracker, then end the job."""
+        """Put the workload's results into the tracker, then end the job. A tracker that is
+        unreachable leaves the job as it is (the next pass retries: every step is
+        idempotent); a run that can no longer take them (deleted meanwhile) is noted and
+        skipped, so the job still ends."""
         results = await self._blocking(self.launcher.results_dir, handle)
         history = await self._blocking(_read_json, results / TRAINING_METRICS_FILE)
+        notes: list[str] = []
         final_metrics: dict[str, float] = {}
-        if row.run and history is not None:
-            batches = _history_batches(row.job_id, history)
-            stored, duplicates = await self.service.tracker.log_metric_batches(row.run, batches)
-            log.info(
-                "job %s: ingested %d points (%d batches were already reported live)",
-                row.job_id,
-                stored,
-                duplicates,
-            )
-            # How the history arrived, for whoever wonders whether live reporting works.
-            await self.service.tracker.set_tags(
-                row.run,
-                {
-                    "cairn.metrics_reported_live": str(duplicates),
-                    "cairn.metrics_from_file": str(stored),
-                },
-            )
+        if history is not None:
             final_metrics = {
                 str(k): float(v)
                 for k, v in dict(history.get("final_metrics") or {}).items()
                 if isinstance(v, int | float) and math.isfinite(v)
             }
+        if row.run and history is not None:
+            notes += await self._tracker_step(row, "ingest the history", self._ingest(row, history))
         if row.run:
-            await self._upload_outputs(row, results)
+            uploads = await self._blocking(_outputs_to_upload, results)
+            notes += await self._tracker_step(row, "upload the outputs", self._upload(row, uploads))
         error: dict[str, str] = {}
         if terminal == "FAILED":
             error = {
@@ -269,7 +308,7 @@ class Reconciler:
         await self._end(
             row,
             terminal,
-            message,
+            "; ".join([message, *notes]),
             final_metrics_json=json.dumps(final_metrics, sort_keys=True),
             progress_percent=100.0 if terminal == "SUCCEEDED" else row.progress_percent,
             stage=status.stage or row.stage,
@@ -280,44 +319,99 @@ class Reconciler:
         if forget is not None:
             forget(handle)
 
-    async def _upload_outputs(self, row: JobRow, results: Path) -> None:
-        outputs = results / OUTPUTS_DIR
-        manifest = await self._blocking(_read_json_list, outputs / MANIFEST_FILE)
-        uploads: list[tuple[str, Path, int]] = []
-        for entry in manifest:
-            source = outputs / str(entry.get("path", ""))
-            kind = artifact_type(str(entry.get("type", "other")))
-            if not source.resolve().is_relative_to(outputs.resolve()):
-                continue  # a manifest never makes us upload files outside outputs/
-            if source.is_dir():
-                uploads += [
-                    (str(f.relative_to(outputs)), f, kind)
-                    for f in sorted(source.rglob("*"))
-                    if f.is_file()
-                ]
-            elif source.is_file():
-                uploads.append((str(source.relative_to(outputs)), source, kind))
-        metrics_file = results / TRAINING_METRICS_FILE
-        if metrics_file.is_file():
-            uploads.append((TRAINING_METRICS_FILE, metrics_file, artifact_type("report")))
+    async def _ingest(self, row: JobRow, history: dict[str, Any]) -> None:
+        batches = _history_batches(row.job_id, history)
+        stored, duplicates = await self.service.tracker.log_metric_batches(row.run, batches)
+        log.info(
+            "job %s: ingested %d points (%d batches were already reported live)",
+            row.job_id,
+            stored,
+            duplicates,
+        )
+        # How the history arrived, for whoever wonders whether live reporting works.
+        await self.service.tracker.set_tags(
+            row.run,
+            {
+                "cairn.metrics_reported_live": str(duplicates),
+                "cairn.metrics_from_file": str(stored),
+            },
+        )
+
+    async def _upload(self, row: JobRow, uploads: list[tuple[str, Path, str]]) -> None:
         for path, source, kind in uploads:
-            await self.service.tracker.upload_file(row.run, path, source, kind)
+            await self.service.tracker.upload_file(row.run, path, source, artifact_type(kind))
+
+    async def _tracker_step(
+        self, row: JobRow, what: str, step: Any, *, transient_too: bool = False
+    ) -> list[str]:
+        """Run one tracker step of a job. A permanent refusal (the run was deleted, or can
+        no longer change) is logged and returned as a note; a transient failure (the
+        tracker is unreachable) is raised, so the pass retries, unless `transient_too`."""
+        try:
+            await step
+        except CairnError as error:
+            transient = isinstance(error, BackendError) and error.code in TRANSIENT_CODES
+            if transient and not transient_too:
+                raise
+            log.warning("job %s: could not %s: %s", row.job_id, what, error)
+            return [f"could not {what}: {error}"]
+        return []
 
     async def _end(self, row: JobRow, terminal: str, message: str, **fields: Any) -> None:
         """The run's final status first, then the job's: whoever sees the job ended sees its
-        run ended too. A tracker failure leaves the job active; the next pass retries."""
+        run ended too. An unreachable tracker leaves the job active (the next pass
+        retries); a run that cannot take the status is noted and the job ends anyway."""
+        notes: list[str] = []
         if row.run:
-            await self.service.tracker.set_status(row.run, RUN_STATUS_OF[terminal], end_ms=now_ms())
+            notes = await self._tracker_step(row, "end the run", self._end_run(row, terminal))
         await self._blocking(
             self.store.transition,
             row.job_id,
             ACTIVE_STATES,
             terminal,
-            message,
+            "; ".join([message, *notes]),
             finalized=1,
             **fields,
         )
         self.service.notify()
+
+    async def _end_run(self, row: JobRow, terminal: str) -> None:
+        tracker = self.service.tracker
+        if terminal == "SUCCEEDED":
+            # FINISHED is reached from RUNNING only, and a run whose RUNNING status was
+            # never recorded is still QUEUED.
+            await tracker.set_status(row.run, run_pb2.RUN_STATUS_RUNNING)
+        await tracker.set_status(row.run, RUN_STATUS_OF[terminal], end_ms=now_ms())
+
+
+def _outputs_to_upload(results: Path) -> list[tuple[str, Path, str]]:
+    """(artifact path, file, artifact type) of what the trainer's manifest lists, plus
+    training_metrics.json. Only regular files inside outputs/ (no symbolic links): a
+    manifest never makes the scheduler upload anything else."""
+    outputs = (results / OUTPUTS_DIR).resolve()
+    uploads: list[tuple[str, Path, str]] = []
+
+    def add(file: Path, kind: str) -> None:
+        if file.is_symlink() or not file.is_file():
+            return
+        resolved = file.resolve()
+        if resolved.is_relative_to(outputs):
+            uploads.append((resolved.relative_to(outputs).as_posix(), resolved, kind))
+
+    for entry in _read_json_list(outputs / MANIFEST_FILE):
+        source = outputs / str(entry.get("path", ""))
+        kind = str(entry.get("type", "other"))
+        if source.is_symlink() or not source.resolve().is_relative_to(outputs):
+            continue
+        if source.is_dir():
+            for file in sorted(source.rglob("*")):
+                add(file, kind)
+        else:
+            add(source, kind)
+    metrics_file = results / TRAINING_METRICS_FILE
+    if metrics_file.is_file() and not metrics_file.is_symlink():
+        uploads.append((TRAINING_METRICS_FILE, metrics_file, "report"))
+    return uploads
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 from cairn.common.v1 import lineage_pb2
 from cairn.scheduler.v1 import dataset_pb2, feature_config_pb2, job_pb2, model_config_pb2
 from cairn.tracker.v1 import run_pb2
+from services.common.clients import BackendError
 from services.common.concurrency import BlockingRunner
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, StatusCode
 from services.common.filtering import parse_filter, parse_order_by
 from services.common.paging import PageTokenCodec, coerce_page_size
 from services.common.timeutil import now_ms
@@ -54,6 +55,10 @@ from services.scheduler.tracker_client import TrackerWriter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Backend failures worth retrying later; any other refusal from the tracker is final.
+TRANSIENT_CODES = frozenset(
+    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.ABORTED, StatusCode.INTERNAL}
+)
 MAX_NAME = 200
 MAX_DESCRIPTION = 10_000
 MAX_REQUEST_ID = 128
@@ -74,6 +79,10 @@ RUN_STATUS_OF = {
     "FAILED": run_pb2.RUN_STATUS_FAILED,
     "CANCELLED": run_pb2.RUN_STATUS_KILLED,
 }
+# Below the gateway's default idle timeout of streams (30 s).
+WATCH_KEEPALIVE_SECONDS = 10.0
+# Ids the server made (16 hex digits) or a client chose (_ID_PATTERN); nothing else names one.
+_RESOURCE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 
 
@@ -89,9 +98,23 @@ def _text(value: str, field: str, limit: int, *, required: bool = False) -> str:
     return value
 
 
+def _known(enum_type: Any, value: int, field: str) -> int:
+    """An enum field's value, refused when this release does not know it (proto3 lets a
+    client send any number)."""
+    if value not in enum_type.values():
+        raise InvalidArgument(
+            f"{field} has no value {value}; known: "
+            + ", ".join(v.name for v in enum_type.DESCRIPTOR.values if v.number),
+            field=field,
+            reason="UNKNOWN_ENUM_VALUE",
+        )
+    return value
+
+
 def _resource_id(name: str, collection: str, field: str) -> str:
     prefix = f"{collection}/"
-    if not name.startswith(prefix) or "/" in name[len(prefix) :] or len(name) == len(prefix):
+    resource_id = name[len(prefix) :]
+    if not name.startswith(prefix) or not _RESOURCE_ID_PATTERN.fullmatch(resource_id):
         raise InvalidArgument(
             f"{field} must look like {collection}/{{id}}, got {name[:100]!r}",
             field=field,
@@ -103,7 +126,7 @@ def _resource_id(name: str, collection: str, field: str) -> str:
 def _chosen_id(value: str, field: str) -> str:
     if not value:
         return new_id()
-    if not _ID_PATTERN.match(value):
+    if not _ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
             f"{field} must be 3-63 lowercase letters, digits and hyphens, starting with a "
             "letter or digit",
@@ -166,7 +189,9 @@ class SchedulerService:
             _text(getattr(dataset, field), f"dataset.{field}", MAX_NAME, required=True)
         chosen = _chosen_id(dataset_id, "dataset_id")
         format_name = (
-            dataset_pb2.DataFormat.Name(dataset.format).removeprefix("DATA_FORMAT_")
+            dataset_pb2.DataFormat.Name(
+                _known(dataset_pb2.DataFormat, dataset.format, "dataset.format")
+            ).removeprefix("DATA_FORMAT_")
             if dataset.format
             else ""
         )
@@ -254,6 +279,7 @@ class SchedulerService:
                         f"{where}.column {feature.column!r} is listed twice", field=where
                     )
                 seen.add(feature.column)
+                _known(feature_config_pb2.FeatureKind, feature.kind, f"{where}.kind")
                 if not feature.kind:
                     feature.kind = feature_config_pb2.FEATURE_KIND_CATEGORICAL
                 if feature.kind == feature_config_pb2.FEATURE_KIND_NUMERIC:
@@ -330,6 +356,8 @@ class SchedulerService:
         _text(config.description, f"{prefix}.description", MAX_DESCRIPTION)
         _text(request_id, "request_id", MAX_REQUEST_ID)
         chosen = _chosen_id(config_id, "model_config_id")
+        _known(model_config_pb2.ModelType, config.model_type, f"{prefix}.model_type")
+        _known(model_config_pb2.Optimizer, config.optimizer, f"{prefix}.optimizer")
         if config.model_type == model_config_pb2.MODEL_TYPE_UNSPECIFIED:
             raise InvalidArgument(
                 f"{prefix}.model_type is required (RETRIEVAL, RANKING or MULTITASK)",
@@ -455,6 +483,7 @@ class SchedulerService:
         features = await self._feature_row(job.feature_config, "job.feature_config")
         model = await self._model_row(job.model_config, "job.model_config")
         dataset = await self._run(self.store.get, DatasetRow, features.dataset_id, "dataset")
+        _known(job_pb2.JobKind, job.kind, "job.kind")
         kind = job_pb2.JobKind.Name(job.kind or job_pb2.JOB_KIND_QUICK_TEST).removeprefix(
             "JOB_KIND_"
         )
@@ -584,14 +613,18 @@ class SchedulerService:
     async def finish_run(self, row: JobRow) -> None:
         """Give a terminal job's run its final status; marks the job finalized on success
         (the reconcile loop retries otherwise)."""
-        try:
-            if row.run:
+        if row.run:
+            try:
                 await self.tracker.set_status(
                     row.run, RUN_STATUS_OF[row.state], end_ms=row.end_time or now_ms()
                 )
-            await self._run(self.store.update_job, row.job_id, finalized=1)
-        except Exception as error:
-            log.warning("job %s: run status not updated yet: %s", row.job_id, error)
+            except BackendError as error:
+                if error.code in TRANSIENT_CODES:
+                    log.warning("job %s: run status not updated yet: %s", row.job_id, error)
+                    return
+                # Deleted, or already ended otherwise: nothing more to do for it.
+                log.warning("job %s: run status not updated: %s", row.job_id, error)
+        await self._run(self.store.update_job, row.job_id, finalized=1)
 
     async def rerun_job(self, name: str, request_id: str) -> job_pb2.Job:
         _text(request_id, "request_id", MAX_REQUEST_ID)
@@ -643,14 +676,19 @@ class SchedulerService:
         self.notify()
 
     async def watch_job(self, name: str) -> AsyncIterator[job_pb2.Job]:
-        """The job now, then each change until it ends."""
+        """The job now, then each change until it ends; while nothing changes, the job again
+        every WATCH_KEEPALIVE_SECONDS, so proxies with idle timeouts (the gateway's) keep
+        the stream open through a long stage."""
         last: job_pb2.Job | None = None
+        sent_at = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             changed = self._changed
             job = await self.get_job(name)
-            if last is None or job != last:
+            if last is None or job != last or loop.time() - sent_at >= WATCH_KEEPALIVE_SECONDS:
                 yield job
                 last = job
+                sent_at = loop.time()
             if job.state in (
                 job_pb2.JOB_STATE_SUCCEEDED,
                 job_pb2.JOB_STATE_FAILED,
@@ -704,6 +742,8 @@ def resolve_training(
             field="job.training.learning_rate",
             reason="OUT_OF_RANGE",
         )
+    _known(job_pb2.HardwareTier, training.hardware_tier, "job.training.hardware_tier")
+    _known(job_pb2.SplitStrategy, training.split_strategy, "job.training.split_strategy")
     if not training.hardware_tier:
         training.hardware_tier = recommended_tier(  # type: ignore[assignment]
             dataset.row_count * training.sample_percent // 100

@@ -194,8 +194,10 @@ class TrackerWriter:
                 metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise backend_error(error, BACKEND) from None
+            mapped = backend_error(error, BACKEND)
+            # Gone already (not found, or deleted by someone else): what was asked for holds.
+            if error.code() != grpc.StatusCode.NOT_FOUND and mapped.reason != "RUN_DELETED":
+                raise mapped from None
 
     async def _call(self, method: object, request: object) -> None:
         try:

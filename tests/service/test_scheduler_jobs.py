@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -41,12 +42,17 @@ SUCCEED, FAIL, HANG, CRASH, STUBBORN = 10, 5, 25, 50, 100
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 
 
-def fake_launcher() -> LocalLauncher:
-    return LocalLauncher(
-        lambda: (sys.executable, dict(os.environ)),
-        cancel_grace_seconds=1.0,
-        command=[str(FAKE_TRAINER)],
-    )
+def fake_launcher(gate: threading.Event | None = None) -> LocalLauncher:
+    """The real local launcher running the fake trainer. With a `gate`, launching waits for
+    it (as a first launch waits for the trainer runtime to build): the job stays
+    SUBMITTING until the test opens it."""
+
+    def runtime() -> tuple[str, dict[str, str]]:
+        if gate is not None:
+            assert gate.wait(30), "the test never opened the gate"
+        return sys.executable, dict(os.environ)
+
+    return LocalLauncher(runtime, cancel_grace_seconds=1.0, command=[str(FAKE_TRAINER)])
 
 
 class Stack:
@@ -59,12 +65,13 @@ class Stack:
         self.server: ServerThread | None = None
         self.channels: list[grpc.Channel] = []
 
-    def start(self, **overrides: Any) -> Stack:
+    def start(self, gate: threading.Event | None = None, **overrides: Any) -> Stack:
         settings = self.settings.model_copy(update=overrides)
+        launcher = fake_launcher(gate)
         self.server = ServerThread(
             settings,
             ("tracker", "scheduler"),
-            specs={"scheduler": partial(scheduler_app.build_spec, launcher=fake_launcher())},
+            specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
         ).start()
         scheduler_channel = grpc.insecure_channel(self.server.address("scheduler"))
         tracker_channel = grpc.insecure_channel(self.server.address("tracker"))
@@ -387,3 +394,64 @@ def test_rerun_and_delete(stack: Stack, configs: dict[str, str]) -> None:
     assert not stack.work_dir(done).exists()
     run = stack.tracker.GetRun(tracker_service_pb2.GetRunRequest(name=done.run))
     assert run.lifecycle_state == 2  # LIFECYCLE_STATE_DELETED: purge frees its artifacts
+
+
+def test_cancel_while_submitting_stops_the_workload_it_was_starting(
+    settings: Settings, sample_csv: Path
+) -> None:
+    gate = threading.Event()
+    stack = Stack(settings).start(gate=gate)
+    try:
+        configs = make_configs(stack.scheduler, sample_csv)
+        job = wait_for(stack, submit(stack, configs, HANG), in_state(job_pb2.JOB_STATE_SUBMITTING))
+        cancelling = stack.scheduler.CancelJob(
+            scheduler_service_pb2.CancelJobRequest(name=job.name)
+        )
+        assert cancelling.state == job_pb2.JOB_STATE_CANCELLING
+        gate.set()  # the launch completes after the cancel: the loop must stop what started
+        final = wait_for(stack, job, in_state(*TERMINAL))
+        assert final.state == job_pb2.JOB_STATE_CANCELLED
+        assert "RUNNING" not in history(final)
+        pid = stack.pid(final)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert get_run(stack, final).status == run_pb2.RUN_STATUS_KILLED
+    finally:
+        gate.set()
+        stack.stop()
+        stack.kill_leftovers()
+
+
+def test_a_job_whose_run_was_deleted_still_ends(stack: Stack, configs: dict[str, str]) -> None:
+    """A refusal that retrying cannot cure (the run is gone) must not keep the job active
+    forever, holding a slot that no cancel or delete could free."""
+    job = wait_for(stack, submit(stack, configs, HANG), in_state(job_pb2.JOB_STATE_RUNNING))
+    stack.tracker.DeleteRun(tracker_service_pb2.DeleteRunRequest(name=job.run))
+    stack.scheduler.CancelJob(scheduler_service_pb2.CancelJobRequest(name=job.name))
+    final = wait_for(stack, job, in_state(*TERMINAL))
+    assert final.state == job_pb2.JOB_STATE_CANCELLED
+    assert "could not end the run" in final.state_history[-1].message
+    stack.scheduler.DeleteJob(scheduler_service_pb2.DeleteJobRequest(name=job.name))
+
+
+def test_unknown_enum_values_are_invalid_arguments(stack: Stack, configs: dict[str, str]) -> None:
+    for training in (
+        job_pb2.TrainingParameters(split_strategy=9),  # type: ignore[arg-type]
+        job_pb2.TrainingParameters(hardware_tier=7),  # type: ignore[arg-type]
+    ):
+        error = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stack.scheduler.CreateJob,
+            scheduler_service_pb2.CreateJobRequest(
+                job=job_pb2.Job(
+                    feature_config=configs["features"],
+                    model_config=configs["model"],
+                    training=training,
+                )
+            ),
+        )
+        assert "has no value" in error.details()
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stack.scheduler.GetJob,
+        scheduler_service_pb2.GetJobRequest(name="jobs/\x00"),
+    )

@@ -276,7 +276,8 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """The job now, then every change (state, stage, progress, epoch) until it is finished.
+        """The job now, then every change (state, stage, progress, epoch) until it is finished;
+        while nothing changes, the job again every 10 seconds (a keepalive for proxies).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,7 +85,8 @@ class LocalLauncher:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
         (spec.work_dir / "logs").mkdir(exist_ok=True)
         spec_path = spec.work_dir / SPEC_FILE
-        _write_json(spec_path, spec.trainer_spec)
+        # Owner-only: the spec carries the job's run token.
+        _write_json(spec_path, spec.trainer_spec, mode=0o600)
         python, environment = self._runtime()
         environment = {
             **environment,
@@ -113,10 +114,17 @@ class LocalLauncher:
             "job_id": spec.job_id,
             "pid": process.pid,
             "create_time": _create_time(process.pid),
+            "spec": str(spec_path),
             "work_dir": str(spec.work_dir),
             "machine_type": spec.machine.machine_type,
         }
-        _write_json(spec.work_dir / WORKLOAD_FILE, handle)
+        try:
+            _write_json(spec.work_dir / WORKLOAD_FILE, handle)
+        except OSError:
+            # An unrecorded workload could never be adopted, polled or cancelled.
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         log.info("launched job %s as pid %d", spec.job_id, process.pid)
         return handle
 
@@ -190,8 +198,12 @@ class LocalLauncher:
             return child.poll() is None
         try:
             process = psutil.Process(pid)
-            same = abs(process.create_time() - float(handle.get("create_time") or 0)) < 0.01
-            return bool(same and process.status() != psutil.STATUS_ZOMBIE)
+            # The start time tells the trainer from a process that got its pid recycled; a
+            # second of slack absorbs clock steps (psutil derives it from the boot time).
+            started = abs(process.create_time() - float(handle.get("create_time") or 0)) < 1.0
+            spec = str(handle.get("spec", ""))
+            ours = started and (not spec or spec in process.cmdline())
+            return bool(ours and process.status() != psutil.STATUS_ZOMBIE)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
@@ -254,9 +266,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         log.warning("cannot signal process group %d: %s", pid, error)
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_json(path: Path, value: Any, mode: int = 0o644) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True))
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(value, indent=2, sort_keys=True))
+    os.chmod(temporary, mode)  # an existing file keeps its mode through O_CREAT
     os.replace(temporary, path)
 
 

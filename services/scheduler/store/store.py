@@ -318,7 +318,10 @@ class SchedulerStore:
                 existing = self._by_request(JobRow, row.request_id, row.request_fingerprint, "job")
                 if existing is not None:
                     return existing, False
-            raise
+            raise FailedPrecondition(
+                "the job's dataset, feature config or model config was deleted meanwhile",
+                reason="CONFIG_DELETED",
+            ) from None
         return row, True
 
     def history(self, job_ids: Iterable[str]) -> dict[str, list[JobTransitionRow]]:
