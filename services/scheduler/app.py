@@ -22,6 +22,7 @@ from services.common.server import ServiceSpec
 from services.common.settings import Settings
 from services.scheduler.launchers import Launcher
 from services.scheduler.launchers.local import LocalLauncher
+from services.scheduler.leader import leadership_for
 from services.scheduler.reconciler import Reconciler
 from services.scheduler.service import SchedulerService
 from services.scheduler.servicer import SchedulerServicer
@@ -99,6 +100,7 @@ def build_spec(
                 poll_seconds=settings.scheduler_poll_seconds,
                 reporting_url=settings.resolved_gateway_url(),
                 run_token=partial(mint_run_token, run_token_secret(settings)),
+                leadership=leadership_for(database),
             )
             loop_task = asyncio.create_task(reconciler.run_forever(), name="scheduler-reconcile")
 

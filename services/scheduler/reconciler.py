@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from services.common.clients import BackendError
 from services.common.errors import CairnError
 from services.common.timeutil import now_ms
 from services.scheduler.launchers import MACHINE_TYPES, Handle, Launcher, LaunchSpec
+from services.scheduler.leader import AlwaysLeader, Leadership
 from services.scheduler.service import (
     RUN_STATUS_OF,
     TRANSIENT_CODES,
@@ -58,6 +60,7 @@ class Reconciler:
         poll_seconds: float,
         reporting_url: str,
         run_token: Any,
+        leadership: Leadership | None = None,
     ) -> None:
         self.service = service
         self.store: SchedulerStore = service.store
@@ -66,7 +69,9 @@ class Reconciler:
         self.poll_seconds = poll_seconds
         self.reporting_url = reporting_url
         self._mint_token = run_token
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.leadership: Leadership = leadership or AlwaysLeader()
+        # Unique per reconciler (a restart or a second scheduler in one process is another).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Jobs with a launch or a finalization in progress in this process.
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,10 +90,13 @@ class Reconciler:
             # Cleared before the pass, so a change made during it triggers the next one.
             self._wake.clear()
             try:
-                if not adopted:
-                    await self.adopt()
-                    adopted = True
-                await self.reconcile_once()
+                if not await self._blocking(self.leadership.hold):
+                    adopted = False  # a standby; on becoming the leader it adopts first
+                else:
+                    if not adopted:
+                        await self.adopt()
+                        adopted = True
+                    await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -102,6 +110,8 @@ class Reconciler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A standby takes over at its next poll instead of when this process exits.
+        await self._blocking(self.leadership.release)
 
     async def adopt(self) -> None:
         """Pick up the jobs a previous scheduler left active."""
@@ -198,17 +208,15 @@ class Reconciler:
             handle = await self._blocking(self.launcher.launch, spec)
         except asyncio.CancelledError:
             raise
+        except BackendError as error:
+            if error.code not in TRANSIENT_CODES:
+                await self._fail_launch(row, error)
+                return
+            # The tracker is unreachable: the job stays SUBMITTING, the next pass retries.
+            log.warning("job %s: launch postponed: %s", row.job_id, error)
+            return
         except Exception as error:
-            # Nothing was started (the launcher cleans up a workload it could not record).
-            log.exception("job %s: launch failed", row.job_id)
-            with contextlib.suppress(Exception):
-                await self._end(
-                    row,
-                    "FAILED",
-                    f"the launch failed: {_first_line(error)}",
-                    error_message=f"the launch failed: {_first_line(error)}",
-                    error_details=str(error),
-                )
+            await self._fail_launch(row, error)
             return
         # A workload exists from here on: a failure to record it is retried by the next
         # pass (which adopts it), never turned into a failed job with a trainer still running.
@@ -219,6 +227,18 @@ class Reconciler:
         except Exception:
             log.exception(
                 "job %s: launched, but not recorded yet; the next pass adopts it", row.job_id
+            )
+
+    async def _fail_launch(self, row: JobRow, error: Exception) -> None:
+        """Nothing was started (a launcher cleans up a workload it could not record)."""
+        log.error("job %s: launch failed: %s", row.job_id, error, exc_info=error)
+        with contextlib.suppress(Exception):
+            await self._end(
+                row,
+                "FAILED",
+                f"the launch failed: {_first_line(error)}",
+                error_message=f"the launch failed: {_first_line(error)}",
+                error_details=str(error),
             )
 
     async def _record_launch(self, row: JobRow, handle: Handle, message: str) -> None:

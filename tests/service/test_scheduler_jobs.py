@@ -455,3 +455,86 @@ def test_unknown_enum_values_are_invalid_arguments(stack: Stack, configs: dict[s
         stack.scheduler.GetJob,
         scheduler_service_pb2.GetJobRequest(name="jobs/\x00"),
     )
+
+
+def _claimed_by(job: job_pb2.Job) -> str:
+    (claim,) = [t.message for t in job.state_history if t.state == job_pb2.JOB_STATE_SUBMITTING]
+    return claim.removeprefix("claimed by ")
+
+
+def test_one_scheduler_leads_and_a_standby_takes_over_when_it_dies(
+    settings: Settings, sample_csv: Path
+) -> None:
+    """Two schedulers on one database: both serve the API, only the leader launches; when
+    it stops, the standby becomes the leader, adopts the running workload and goes on."""
+    base = settings.model_copy(update={"scheduler_poll_seconds": 0.1})
+    tracker_server = ServerThread(base, ("tracker",)).start()
+    shared = base.model_copy(update={"tracker_address": tracker_server.address("tracker")})
+
+    def scheduler_server() -> tuple[ServerThread, grpc.Channel, Any]:
+        server = ServerThread(
+            shared,
+            ("scheduler",),
+            specs={"scheduler": partial(scheduler_app.build_spec, launcher=fake_launcher())},
+        ).start()
+        channel = grpc.insecure_channel(server.address("scheduler"))
+        return server, channel, scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
+
+    first_server, first_channel, _ = scheduler_server()
+    time.sleep(0.5)  # the first one takes the lead before the second starts
+    second_server, second_channel, second = scheduler_server()
+    work_root = shared.resolved_scheduler_work_dir()
+    running = [second_server, first_server, tracker_server]
+
+    def submit_to(stub: Any, configs: dict[str, str], sample: int) -> job_pb2.Job:
+        return stub.CreateJob(
+            scheduler_service_pb2.CreateJobRequest(
+                job=job_pb2.Job(
+                    feature_config=configs["features"],
+                    model_config=configs["model"],
+                    training=job_pb2.TrainingParameters(sample_percent=sample, epochs=1),
+                )
+            )
+        )
+
+    def wait(stub: Any, job: job_pb2.Job, states: tuple[int, ...]) -> job_pb2.Job:
+        deadline = time.monotonic() + 30
+        while True:
+            current = stub.GetJob(scheduler_service_pb2.GetJobRequest(name=job.name))
+            if current.state in states:
+                return current
+            assert time.monotonic() < deadline, f"stuck: {current}"
+            time.sleep(0.05)
+
+    def pid_of(job: job_pb2.Job) -> int:
+        return int(json.loads((work_root / job.job_id / "workload.json").read_text())["pid"])
+
+    try:
+        configs = make_configs(second, sample_csv)  # a standby's API works too
+        hanging = wait(second, submit_to(second, configs, HANG), (job_pb2.JOB_STATE_RUNNING,))
+        quick = wait(second, submit_to(second, configs, SUCCEED), TERMINAL)
+        assert quick.state == job_pb2.JOB_STATE_SUCCEEDED
+        leaders = {_claimed_by(hanging), _claimed_by(quick)}
+        assert len(leaders) == 1, leaders  # one loop claimed both
+        pid = pid_of(hanging)
+
+        first_channel.close()
+        running.remove(first_server)
+        first_server.stop()  # the leader goes away; its trainer keeps running
+        assert psutil.pid_exists(pid)
+        later = wait(second, submit_to(second, configs, SUCCEED), TERMINAL)
+        assert later.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert _claimed_by(later) not in leaders, "the standby took over and launched it"
+        adopted = wait(second, hanging, (job_pb2.JOB_STATE_RUNNING,))
+        assert pid_of(adopted) == pid, "adopted, not launched again"
+        second.CancelJob(scheduler_service_pb2.CancelJobRequest(name=hanging.name))
+        assert wait(second, hanging, TERMINAL).state == job_pb2.JOB_STATE_CANCELLED
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        for channel in (first_channel, second_channel):
+            channel.close()
+        for server in running:
+            server.stop()
+        for workload in work_root.glob("*/workload.json"):
+            with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+                os.killpg(int(json.loads(workload.read_text())["pid"]), signal.SIGKILL)
