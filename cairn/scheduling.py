@@ -43,6 +43,7 @@ from cairn.errors import (
     UnavailableError,
     from_rpc_error,
 )
+from cairn.logproxy.v1 import log_entry_pb2, logproxy_service_pb2, logproxy_service_pb2_grpc
 from cairn.scheduler.v1 import (
     dataset_pb2,
     feature_config_pb2,
@@ -53,6 +54,7 @@ from cairn.scheduler.v1 import (
 from cairn.scheduler.v1 import scheduler_service_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50052"
+DEFAULT_LOGPROXY_TARGET = "127.0.0.1:50054"
 T = TypeVar("T")
 
 Dataset = dataset_pb2.Dataset
@@ -264,6 +266,8 @@ class Scheduler:
             ],
         )
         self.stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._logs_channel: grpc.Channel | None = None
+        self._logs_stub: logproxy_service_pb2_grpc.LogProxyServiceStub | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -742,6 +746,64 @@ class Scheduler:
                 return
             time.sleep(min(0.2 * 2**attempts, 3.0))
 
+    # ------------------------------------------------------------------ logs
+
+    def _logs(self) -> logproxy_service_pb2_grpc.LogProxyServiceStub:
+        """The log proxy (CAIRN_LOGPROXY_URI, default 127.0.0.1:50054), opened on first use."""
+        if self._logs_stub is None:
+            target = os.environ.get("CAIRN_LOGPROXY_URI") or DEFAULT_LOGPROXY_TARGET
+            self._logs_channel = grpc.insecure_channel(target)
+            self._logs_stub = logproxy_service_pb2_grpc.LogProxyServiceStub(self._logs_channel)  # type: ignore[no-untyped-call]
+        return self._logs_stub
+
+    def job_logs(
+        self,
+        name: str,
+        *,
+        component: str = "",
+        min_severity: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> logproxy_service_pb2.ListJobLogsResponse:
+        """One page of the job's log entries, newest first."""
+        return self._call(
+            self._logs().ListJobLogs,
+            logproxy_service_pb2.ListJobLogsRequest(
+                job=resource_name("jobs", name),
+                component=component,
+                min_severity=_severity(min_severity),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            logproxy_service_pb2.ListJobLogsResponse,
+        )
+
+    def tail_job_logs(
+        self,
+        name: str,
+        *,
+        component: str = "",
+        min_severity: str = "",
+        limit: int = 0,
+        follow: bool = False,
+    ) -> Iterator[log_entry_pb2.LogEntry]:
+        """The last `limit` entries (default 100), then with `follow` new ones as they are
+        written, until the job ends."""
+        request = logproxy_service_pb2.TailJobLogsRequest(
+            job=resource_name("jobs", name),
+            component=component,
+            min_severity=_severity(min_severity),
+            limit=limit,
+            follow=follow,
+        )
+        stream = self._logs().TailJobLogs(request, metadata=self._metadata)
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        finally:
+            stream.cancel()
+
     def wait_job(self, name: str) -> job_pb2.Job:
         """Block until the job is finished; its final state."""
         last: job_pb2.Job | None = None
@@ -780,6 +842,8 @@ class Scheduler:
 
     def close(self) -> None:
         self._channel.close()
+        if self._logs_channel is not None:
+            self._logs_channel.close()
 
     def __enter__(self) -> Scheduler:
         return self
@@ -791,3 +855,15 @@ class Scheduler:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _severity(name: str) -> Any:
+    """ "warning" -> SEVERITY_WARNING ("" -> unspecified: every entry)."""
+    if not name:
+        return log_entry_pb2.SEVERITY_UNSPECIFIED
+    try:
+        return int(log_entry_pb2.Severity.Value(f"SEVERITY_{name.upper()}"))
+    except ValueError:
+        raise ValueError(
+            f"unknown severity {name!r}; use debug, info, warning, error or critical"
+        ) from None

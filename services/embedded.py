@@ -19,6 +19,7 @@ from services.common.server import (
     start_metrics_endpoint,
 )
 from services.common.settings import ServiceName, Settings
+from services.logproxy import app as logproxy_app
 from services.scheduler import app as scheduler_app
 from services.tracker import app as tracker_app
 
@@ -31,8 +32,9 @@ GRPC_SERVICES: dict[str, SpecBuilder] = {
     "tracker": tracker_app.build_spec,
     "scheduler": scheduler_app.build_spec,
     "analytics": analytics_app.build_spec,
+    "logproxy": logproxy_app.build_spec,
 }
-SERVICES: tuple[ServiceName, ...] = ("tracker", "scheduler", "analytics", "gateway")
+SERVICES: tuple[ServiceName, ...] = ("tracker", "scheduler", "analytics", "logproxy", "gateway")
 MIGRATORS: dict[str, Callable[[Settings], None]] = {
     "tracker": tracker_app.migrate,
     "scheduler": scheduler_app.migrate,

@@ -25,6 +25,12 @@ from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
 from cairn.common.v1 import lineage_pb2
+from cairn.scheduler.v1 import (
+    dataset_pb2,
+    feature_config_pb2,
+    model_config_pb2,
+    scheduler_service_pb2,
+)
 from cairn.tracker.v1 import (
     artifact_pb2,
     experiment_pb2,
@@ -70,7 +76,7 @@ class ServerThread:
             settings = settings.model_copy(
                 update={
                     f"{backend}_address": self.services[backend].address
-                    for backend in ("tracker", "scheduler", "analytics")
+                    for backend in ("tracker", "scheduler", "analytics", "logproxy")
                     if backend in self.services
                 }
             )
@@ -110,6 +116,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "analytics_metrics_port": 0,
         "scheduler_port": 0,
         "scheduler_metrics_port": 0,
+        "logproxy_port": 0,
+        "logproxy_metrics_port": 0,
         "gateway_port": 0,
         "worker_threads": 8,
         "shutdown_grace_seconds": 0,
@@ -365,3 +373,47 @@ def shared_tracker(
     postgres = request.getfixturevalue("postgres") if kind == "postgresql" else None
     with tracker_stack(kind, tmp_path_factory.mktemp(f"shared-{kind}"), postgres) as (_, stub, _):
         yield stub
+
+
+# =====================================================================================
+# Scheduler helpers: a dataset (the bundled sample), a feature config and a retrieval
+# model config, created through the real API.
+# =====================================================================================
+
+
+def make_configs(scheduler: Any, csv: Path) -> dict[str, str]:
+    dataset = scheduler.CreateDataset(
+        scheduler_service_pb2.CreateDatasetRequest(
+            dataset=dataset_pb2.Dataset(
+                display_name="interactions",
+                uri=str(csv),
+                user_column="user_id",
+                item_column="item_id",
+                timestamp_column="timestamp",
+            )
+        )
+    )
+    features = scheduler.CreateFeatureConfig(
+        scheduler_service_pb2.CreateFeatureConfigRequest(
+            feature_config=feature_config_pb2.FeatureConfig(
+                display_name="ids",
+                dataset=dataset.name,
+                query_features=[feature_config_pb2.Feature(column="user_id", embedding_dim=16)],
+                candidate_features=[
+                    feature_config_pb2.Feature(column="item_id", embedding_dim=16),
+                    feature_config_pb2.Feature(column="item_category", embedding_dim=4),
+                ],
+                target_column="rating",
+            )
+        )
+    )
+    model = scheduler.CreateModelConfig(
+        scheduler_service_pb2.CreateModelConfigRequest(
+            model_config=model_config_pb2.ModelConfig(
+                display_name="two-tower",
+                model_type=model_config_pb2.MODEL_TYPE_RETRIEVAL,
+                learning_rate=0.05,
+            )
+        )
+    )
+    return {"dataset": dataset.name, "features": features.name, "model": model.name}

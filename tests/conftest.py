@@ -105,7 +105,9 @@ def analytics(
 def gateway_server(settings: Settings) -> Iterator[ServerThread]:
     """The tracker, analytics and the REST gateway in front of them, on ephemeral loopback
     ports."""
-    server = ServerThread(settings, ("tracker", "scheduler", "analytics", "gateway")).start()
+    server = ServerThread(
+        settings, ("tracker", "scheduler", "analytics", "logproxy", "gateway")
+    ).start()
     yield server
     server.stop()
 

@@ -28,9 +28,16 @@ def _write(path: Path, value: object) -> None:
     os.replace(temporary, path)
 
 
+def _log(level: str, message: str) -> None:
+    """A line as the trainer's logging writes it (its stdout is the job's log file)."""
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{now},000 {level} cairn_trainer.fake: {message}", flush=True)
+
+
 def _event(
     work_dir: Path, stage: str, progress: float, epoch: int | None, loss: float | None
 ) -> None:
+    _log("INFO", f"progress: {stage} {progress}% {stage}")
     with (work_dir / "progress.jsonl").open("a") as handle:
         handle.write(
             json.dumps(
@@ -57,14 +64,20 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for stage, progress in (("ExampleGen", 5.0), ("Transform", 30.0)):
         _event(work_dir, stage, progress, None, None)
+    _log("WARNING", "a warning from Transform\n  with a second line")
     if mode in (25, 100):
         _event(work_dir, "Trainer", 40.0, 0, None)
+        beat = 0
         while True:
-            time.sleep(0.1)
+            beat += 1
+            _log("INFO", f"still training ({beat})")
+            time.sleep(0.2)
     if mode == 50:
         return 3
     if mode == 5:
         _event(work_dir, "Trainer", 40.0, 0, None)
+        _log("ERROR", "loss became NaN")
+        print("Traceback (most recent call last):\n  File x, line 1\nValueError: NaN", flush=True)
         _write(
             work_dir / "result.json",
             {

@@ -14,6 +14,7 @@ enums by name, ISO-8601 times.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from rich.text import Text
 from cairn.cli.output import console, emit, format_value, json_option, message_data
 from cairn.cli.tracking import _cell, _plural, _table
 from cairn.errors import CairnError, from_rpc_error
+from cairn.logproxy.v1 import log_entry_pb2
 from cairn.scheduler.v1 import dataset_pb2, feature_config_pb2, job_pb2, model_config_pb2
 from cairn.scheduling import (
     FEATURE_KINDS,
@@ -1218,6 +1220,56 @@ def jobs_watch(job_id: str) -> None:
     scheduler = _scheduler()
     job = scheduler.get_job(job_id)
     _follow_or_hint(scheduler, job)
+
+
+_SEVERITY_STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red", "DEBUG": "dim"}
+
+
+@jobs.command("logs")
+@click.argument("job_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries until the job ends.")
+@click.option(
+    "--component",
+    type=click.Choice(
+        ["ExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer", "Evaluation"]
+    ),
+    help="Only this pipeline component's entries.",
+)
+@click.option(
+    "--severity",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+    help="Only entries at least this severe.",
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+def jobs_logs(
+    job_id: str,
+    follow: bool,
+    component: str | None,
+    severity: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """A job's workload logs (from the log proxy): the last entries, oldest first."""
+    scheduler = _scheduler()
+    entries = scheduler.tail_job_logs(
+        job_id, component=component or "", min_severity=severity or "", limit=limit, follow=follow
+    )
+    try:
+        for entry in entries:
+            if as_json:
+                click.echo(json.dumps(message_data(entry)))
+                continue
+            word = log_entry_pb2.Severity.Name(entry.severity).removeprefix("SEVERITY_")
+            when = _when(entry.time)
+            line = Text(f"{when:%H:%M:%S} " if when else "", style="dim")
+            line.append(f"{word[:4]:<4} ", style=_SEVERITY_STYLES.get(word, ""))
+            if entry.component:
+                line.append(f"[{entry.component}] ", style="cyan")
+            line.append(entry.message)
+            console.print(line, highlight=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 @jobs.command("cancel")

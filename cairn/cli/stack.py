@@ -243,6 +243,7 @@ def up(data_dir: Path | None, host: str | None, detach: bool) -> None:
             f"[bold green]Cairn is up[/]: tracker gRPC {settings.host}:{settings.tracker_port}, "
             f"scheduler gRPC {settings.host}:{settings.scheduler_port}, "
             f"analytics gRPC {settings.host}:{settings.analytics_port}, "
+            f"logproxy gRPC {settings.host}:{settings.logproxy_port}, "
             f"REST gateway http://{settings.host}:{settings.gateway_port} (docs at /docs)"
             + (f", metrics http://{metrics_host}:{metrics}/metrics" if metrics else "")
             + f"\n  data: {directory}  (database {database})"
@@ -269,7 +270,9 @@ def down(data_dir: Path | None) -> None:
 
 
 @click.command()
-@click.argument("service", type=click.Choice(["tracker", "scheduler", "analytics", "gateway"]))
+@click.argument(
+    "service", type=click.Choice(["tracker", "scheduler", "analytics", "logproxy", "gateway"])
+)
 def serve(service: str) -> None:
     """Run one service (the container command on Kubernetes). Configured by CAIRN_* vars."""
     from services.common.logs import configure_logging

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     tracker_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["tracker"], ge=0, le=65535)
     analytics_port: int = Field(default=DEFAULT_GRPC_PORTS["analytics"], ge=0, le=65535)
     scheduler_port: int = Field(default=DEFAULT_GRPC_PORTS["scheduler"], ge=0, le=65535)
+    logproxy_port: int = Field(default=DEFAULT_GRPC_PORTS["logproxy"], ge=0, le=65535)
+    logproxy_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["logproxy"], ge=0, le=65535)
     scheduler_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["scheduler"], ge=0, le=65535)
     analytics_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["analytics"], ge=0, le=65535)
     metrics_host: str | None = None
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     tracker_address: str | None = None
     analytics_address: str | None = None
     scheduler_address: str | None = None
+    logproxy_address: str | None = None
 
     # The scheduler. Which launcher runs jobs' workloads ("local": a subprocess per job in the
     # trainer runtime, see `cairn trainer-env`).

@@ -14,6 +14,7 @@ SERVICE_OWNERS: dict[str, ServiceName] = {
     "cairn.tracker.v1.TrackerService": "tracker",
     "cairn.analytics.v1.AnalyticsService": "analytics",
     "cairn.scheduler.v1.SchedulerService": "scheduler",
+    "cairn.logproxy.v1.LogProxyService": "logproxy",
 }
 
 

@@ -89,6 +89,7 @@ def all_bindings(services: Iterable[ServiceDescriptor]) -> list[Binding]:
 def registered_services() -> Sequence[ServiceDescriptor]:
     """The services the gateway fronts. A new service is added here once its stubs exist."""
     from cairn.analytics.v1 import analytics_service_pb2
+    from cairn.logproxy.v1 import logproxy_service_pb2
     from cairn.scheduler.v1 import scheduler_service_pb2
     from cairn.tracker.v1 import tracker_service_pb2
 
@@ -96,4 +97,5 @@ def registered_services() -> Sequence[ServiceDescriptor]:
         tracker_service_pb2.DESCRIPTOR.services_by_name["TrackerService"],
         scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
         analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
+        logproxy_service_pb2.DESCRIPTOR.services_by_name["LogProxyService"],
     ]

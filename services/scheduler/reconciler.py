@@ -242,11 +242,15 @@ class Reconciler:
             )
 
     async def _record_launch(self, row: JobRow, handle: Handle, message: str) -> None:
+        location = await self._blocking(self.launcher.log_location, handle)
         await self._blocking(
             self.store.update_job,
             row.job_id,
             workload_json=json.dumps(handle, sort_keys=True),
             launcher=self.launcher.name,
+            log_source_json=json.dumps(
+                {"kind": location.kind, "attributes": location.attributes}, sort_keys=True
+            ),
         )
         moved = await self._blocking(
             self.store.transition,

@@ -40,6 +40,7 @@ def _env(**values: str) -> dict[str, str]:
         # ...and so does analytics (50053 may be taken too).
         "CAIRN_ANALYTICS_PORT": str(_free_port()),
         "CAIRN_SCHEDULER_PORT": str(_free_port()),
+        "CAIRN_LOGPROXY_PORT": str(_free_port()),
         **values,
     }
 

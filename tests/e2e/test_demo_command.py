@@ -28,6 +28,7 @@ def test_cairn_demo_runs_a_retrieval_quick_test_and_prints_its_recall(tmp_path: 
         "CAIRN_TRACKER_PORT": str(_free_port()),
         "CAIRN_TRACKER_METRICS_PORT": "0",
         "CAIRN_SCHEDULER_PORT": str(_free_port()),
+        "CAIRN_LOGPROXY_PORT": str(_free_port()),
         "CAIRN_ANALYTICS_PORT": str(_free_port()),
         "CAIRN_GATEWAY_PORT": str(_free_port()),
         "COLUMNS": "200",

@@ -29,6 +29,7 @@ def test_cairn_example_trains_a_sweep_and_prints_a_leaderboard(tmp_path: Path) -
         "CAIRN_GATEWAY_PORT": str(_free_port()),
         "CAIRN_ANALYTICS_PORT": str(_free_port()),
         "CAIRN_SCHEDULER_PORT": str(_free_port()),
+        "CAIRN_LOGPROXY_PORT": str(_free_port()),
     }
     env.pop("CAIRN_TRACKING_URI", None)
     data_dir = tmp_path / "cairn-data"

@@ -265,7 +265,9 @@ def test_hostile_json_is_a_400_never_a_5xx(client: httpx.Client) -> None:
 @pytest.fixture
 def idle_gateway(database_url: str, tmp_path: Path) -> Iterator[str]:
     settings = make_settings(database_url, tmp_path / "data", gateway_timeout_seconds=1)
-    server = ServerThread(settings, ("tracker", "scheduler", "analytics", "gateway")).start()
+    server = ServerThread(
+        settings, ("tracker", "scheduler", "analytics", "logproxy", "gateway")
+    ).start()
     try:
         yield f"http://{server.address('gateway')}"
     finally:

@@ -75,7 +75,7 @@ class Gateway:
 def _start(
     settings_dir: Path,
     url: str,
-    names: tuple[str, ...] = ("tracker", "scheduler", "analytics", "gateway"),
+    names: tuple[str, ...] = ("tracker", "scheduler", "analytics", "logproxy", "gateway"),
     **overrides: Any,
 ) -> ServerThread:
     return ServerThread(make_settings(url, settings_dir, **overrides), names).start()

@@ -111,7 +111,7 @@ def gateway(
         pass
     server = ServerThread(
         make_settings(url, data_dir / "data"),
-        ("tracker", "scheduler", "analytics", "gateway"),
+        ("tracker", "scheduler", "analytics", "logproxy", "gateway"),
         # Generated jobs must not start training: the scheduler serves without its loop.
         specs={"scheduler": partial(scheduler_app.build_spec, reconcile=False)},
     ).start()

@@ -103,7 +103,9 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
 
 
 def start_gateway(settings: Any) -> ServerThread:
-    return ServerThread(settings, ("tracker", "scheduler", "analytics", "gateway")).start()
+    return ServerThread(
+        settings, ("tracker", "scheduler", "analytics", "logproxy", "gateway")
+    ).start()
 
 
 # =====================================================================================

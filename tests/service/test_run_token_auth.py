@@ -268,7 +268,9 @@ def test_without_auth_tokens_any_bearer_is_ignored(tracker: TrackerStub) -> None
 
 def test_a_run_token_reports_metrics_through_the_gateway(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path / "data", auth_tokens="s3cret")
-    server = ServerThread(settings, ("tracker", "scheduler", "analytics", "gateway")).start()
+    server = ServerThread(
+        settings, ("tracker", "scheduler", "analytics", "logproxy", "gateway")
+    ).start()
     try:
         with grpc.insecure_channel(server.address("tracker")) as channel:
             admin = Authorized(tracker_service_pb2_grpc.TrackerServiceStub(channel), "s3cret")

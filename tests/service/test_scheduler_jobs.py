@@ -23,10 +23,7 @@ import psutil
 import pytest
 
 from cairn.scheduler.v1 import (
-    dataset_pb2,
-    feature_config_pb2,
     job_pb2,
-    model_config_pb2,
     scheduler_service_pb2,
     scheduler_service_pb2_grpc,
 )
@@ -35,7 +32,7 @@ from services.common.settings import Settings
 from services.scheduler import app as scheduler_app
 from services.scheduler.launchers.local import LocalLauncher
 
-from cairn_testing import ServerThread, expect_error
+from cairn_testing import ServerThread, expect_error, make_configs
 
 FAKE_TRAINER = Path(__file__).resolve().parent.parent / "fake_trainer.py"
 SUCCEED, FAIL, HANG, CRASH, STUBBORN = 10, 5, 25, 50, 100
@@ -111,46 +108,6 @@ def stack(settings: Settings) -> Iterator[Stack]:
 @pytest.fixture
 def configs(stack: Stack, sample_csv: Path) -> dict[str, str]:
     return make_configs(stack.scheduler, sample_csv)
-
-
-def make_configs(
-    scheduler: scheduler_service_pb2_grpc.SchedulerServiceStub, csv: Path
-) -> dict[str, str]:
-    dataset = scheduler.CreateDataset(
-        scheduler_service_pb2.CreateDatasetRequest(
-            dataset=dataset_pb2.Dataset(
-                display_name="interactions",
-                uri=str(csv),
-                user_column="user_id",
-                item_column="item_id",
-                timestamp_column="timestamp",
-            )
-        )
-    )
-    features = scheduler.CreateFeatureConfig(
-        scheduler_service_pb2.CreateFeatureConfigRequest(
-            feature_config=feature_config_pb2.FeatureConfig(
-                display_name="ids",
-                dataset=dataset.name,
-                query_features=[feature_config_pb2.Feature(column="user_id", embedding_dim=16)],
-                candidate_features=[
-                    feature_config_pb2.Feature(column="item_id", embedding_dim=16),
-                    feature_config_pb2.Feature(column="item_category", embedding_dim=4),
-                ],
-                target_column="rating",
-            )
-        )
-    )
-    model = scheduler.CreateModelConfig(
-        scheduler_service_pb2.CreateModelConfigRequest(
-            model_config=model_config_pb2.ModelConfig(
-                display_name="two-tower",
-                model_type=model_config_pb2.MODEL_TYPE_RETRIEVAL,
-                learning_rate=0.05,
-            )
-        )
-    )
-    return {"dataset": dataset.name, "features": features.name, "model": model.name}
 
 
 def submit(stack: Stack, configs: dict[str, str], sample: int, **training: Any) -> job_pb2.Job:

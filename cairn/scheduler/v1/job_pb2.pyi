@@ -119,7 +119,7 @@ class JobError(_message.Message):
     def __init__(self, stage: _Optional[_Union[PipelineStage, str]] = ..., message: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "job_id", "display_name", "description", "kind", "feature_config", "model_config", "dataset", "model_type", "training", "experiment", "state", "stage", "progress_percent", "current_epoch", "latest_loss", "state_history", "error", "run", "final_metrics", "rerun_of", "launcher", "workload", "create_time", "update_time", "start_time", "end_time")
+    __slots__ = ("name", "job_id", "display_name", "description", "kind", "feature_config", "model_config", "dataset", "model_type", "training", "experiment", "state", "stage", "progress_percent", "current_epoch", "latest_loss", "state_history", "error", "run", "final_metrics", "rerun_of", "launcher", "workload", "create_time", "update_time", "start_time", "end_time", "log_source")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    LOG_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     job_id: str
     display_name: str
@@ -181,4 +182,20 @@ class Job(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., feature_config: _Optional[str] = ..., model_config: _Optional[str] = ..., dataset: _Optional[str] = ..., model_type: _Optional[_Union[_model_config_pb2.ModelType, str]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., experiment: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[PipelineStage, str]] = ..., progress_percent: _Optional[float] = ..., current_epoch: _Optional[int] = ..., latest_loss: _Optional[float] = ..., state_history: _Optional[_Iterable[_Union[JobStateTransition, _Mapping]]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., run: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., rerun_of: _Optional[str] = ..., launcher: _Optional[str] = ..., workload: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    log_source: LogSource
+    def __init__(self, name: _Optional[str] = ..., job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., feature_config: _Optional[str] = ..., model_config: _Optional[str] = ..., dataset: _Optional[str] = ..., model_type: _Optional[_Union[_model_config_pb2.ModelType, str]] = ..., training: _Optional[_Union[TrainingParameters, _Mapping]] = ..., experiment: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[PipelineStage, str]] = ..., progress_percent: _Optional[float] = ..., current_epoch: _Optional[int] = ..., latest_loss: _Optional[float] = ..., state_history: _Optional[_Iterable[_Union[JobStateTransition, _Mapping]]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., run: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., rerun_of: _Optional[str] = ..., launcher: _Optional[str] = ..., workload: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., log_source: _Optional[_Union[LogSource, _Mapping]] = ...) -> None: ...
+
+class LogSource(_message.Message):
+    __slots__ = ("kind", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, kind: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...

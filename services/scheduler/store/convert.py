@@ -160,6 +160,11 @@ def job_to_proto(row: JobRow, history: Sequence[JobTransitionRow]) -> job_pb2.Jo
     )
     if row.latest_loss is not None:
         job.latest_loss = row.latest_loss
+    if row.log_source_json:
+        source = json.loads(row.log_source_json)
+        job.log_source.CopyFrom(
+            job_pb2.LogSource(kind=source["kind"], attributes=source["attributes"])
+        )
     if row.error_message:
         job.error.CopyFrom(
             job_pb2.JobError(

@@ -136,6 +136,8 @@ class JobRow(Base):
     launcher: Mapped[str] = mapped_column(String(32), default="")
     # The launcher's handle of the workload (JSON), recorded before the launch returns.
     workload_json: Mapped[str] = mapped_column(Text, default="")
+    # Where its logs are: {"kind": ..., "attributes": {...}} (the launcher's log_location).
+    log_source_json: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Which scheduler replica claimed the job and when (epoch ms): the claim is the lease
     # that keeps two reconcilers from launching one job.
     claimed_by: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")

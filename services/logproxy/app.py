@@ -1,0 +1,50 @@
+"""Wires the log proxy together from Settings: a channel to the scheduler (which knows where
+each job's logs are) and the servicer. Stateless: no database."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import grpc
+
+from cairn.logproxy.v1 import logproxy_service_pb2, logproxy_service_pb2_grpc
+from services.common.clients import open_channel
+from services.common.paging import PageTokenCodec
+from services.common.server import ServiceSpec
+from services.common.settings import Settings
+from services.logproxy.service import LogProxyService
+from services.logproxy.servicer import LogProxyServicer
+
+SERVICE: Final = "logproxy"
+GRPC_SERVICE_NAME = logproxy_service_pb2.DESCRIPTOR.services_by_name["LogProxyService"].full_name
+
+
+def build_spec(settings: Settings) -> ServiceSpec:
+    servicer: LogProxyServicer | None = None
+    channel: grpc.aio.Channel | None = None
+
+    async def start() -> None:
+        nonlocal servicer, channel
+        channel = open_channel(settings.backend_address("scheduler"))
+        service = LogProxyService(
+            channel, settings.backend_timeout_seconds, PageTokenCodec(settings.page_token_secret)
+        )
+        servicer = LogProxyServicer(service, settings.backend_timeout_seconds)
+
+    def register(server: grpc.aio.Server) -> None:
+        assert servicer is not None, "register runs after the start hook"
+        logproxy_service_pb2_grpc.add_LogProxyServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server
+        )
+
+    async def stop() -> None:
+        if channel is not None:
+            await channel.close(grace=None)
+
+    return ServiceSpec(
+        name=SERVICE,
+        service_names=[GRPC_SERVICE_NAME],
+        register=register,
+        on_start=[start],
+        on_stop=[stop],
+    )
