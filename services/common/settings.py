@@ -70,8 +70,19 @@ class Settings(BaseSettings):
     logproxy_address: str | None = None
 
     # The scheduler. Which launcher runs jobs' workloads ("local": a subprocess per job in the
-    # trainer runtime, see `cairn trainer-env`).
-    scheduler_launcher: Literal["local"] = "local"
+    # trainer runtime, see `cairn trainer-env`; "kubernetes": a batch/v1 Job per job).
+    scheduler_launcher: Literal["local", "kubernetes"] = "local"
+    # The Kubernetes launcher (scheduler_launcher="kubernetes"; needs the k8s extra): the
+    # namespace and trainer image of the batch/v1 Jobs; no kubeconfig = the in-cluster
+    # service account (else $KUBECONFIG or ~/.kube/config).
+    scheduler_k8s_namespace: str = "default"
+    scheduler_k8s_image: str = "cairn-trainer:latest"
+    scheduler_k8s_kubeconfig: Path | None = None
+    scheduler_k8s_context: str | None = None
+    scheduler_k8s_service_account: str | None = None
+    scheduler_k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    scheduler_k8s_active_deadline_seconds: int = Field(default=86400, ge=60)
+    scheduler_k8s_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
     # How many jobs may be submitting or running at once; further jobs wait QUEUED.
     scheduler_max_running_jobs: int = Field(default=2, ge=1, le=1000)
     # Seconds between two passes of the reconcile loop (claim, launch, poll, finalize).

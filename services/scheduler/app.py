@@ -15,6 +15,7 @@ from cairn.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from services.common.clients import open_channel
 from services.common.concurrency import BlockingRunner
 from services.common.db import Database
+from services.common.errors import ConfigurationError
 from services.common.migrations import upgrade, verify_schema
 from services.common.paging import PageTokenCodec
 from services.common.run_tokens import mint_run_token, run_token_secret
@@ -55,6 +56,27 @@ def open_database(settings: Settings) -> Database:
 
 
 def default_launcher(settings: Settings) -> Launcher:
+    if settings.scheduler_launcher == "kubernetes":
+        # Imported here: the kubernetes client (the k8s extra) is only needed when chosen.
+        from services.scheduler.launchers.kubernetes import KubernetesLauncher
+
+        kubeconfig = settings.scheduler_k8s_kubeconfig
+        try:
+            return KubernetesLauncher(
+                namespace=settings.scheduler_k8s_namespace,
+                image=settings.scheduler_k8s_image,
+                kubeconfig=str(kubeconfig) if kubeconfig else None,
+                context=settings.scheduler_k8s_context,
+                service_account=settings.scheduler_k8s_service_account,
+                image_pull_policy=settings.scheduler_k8s_image_pull_policy,
+                active_deadline_seconds=settings.scheduler_k8s_active_deadline_seconds,
+                ttl_seconds_after_finished=settings.scheduler_k8s_ttl_seconds_after_finished,
+            )
+        except Exception as error:  # the client's config errors: no cluster to talk to
+            raise ConfigurationError(
+                f"CAIRN_SCHEDULER_LAUNCHER=kubernetes, but no cluster configuration was found "
+                f"({error}): run in a cluster, or set CAIRN_SCHEDULER_K8S_KUBECONFIG"
+            ) from None
     return LocalLauncher()
 
 
