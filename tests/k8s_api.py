@@ -10,7 +10,9 @@ Implemented (namespaced everywhere):
   MODIFIED / DELETED, honouring timeoutSeconds; an ERROR event with a 410 Status for a
   resourceVersion older than the last `compact()`);
 - v1 secrets and configmaps: create, get, delete; v1 pods: list with labelSelector;
-- pod logs: `pods/{name}/log` with container, tailLines and follow (400 while Pending).
+- pod logs: `pods/{name}/log` with container, tailLines, follow and timestamps (each line
+  prefixed with the RFC 3339 time, nanoseconds, it was added at, as the API server does;
+  400 while Pending).
 Tests drive the cluster side through methods: `run_job` (a pod starts), `succeed_job`,
 `fail_job`, `add_log`, `compact`.
 """
@@ -45,6 +47,18 @@ _KINDS = {
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339nano(moment: datetime) -> str:
+    """A pod-log timestamp as Kubernetes writes it: RFC3339Nano in UTC, trailing zeros of
+    the fraction dropped ("2026-12-04T18:00:00.123456789Z")."""
+    moment = moment.astimezone(UTC)
+    fraction = f"{moment.microsecond * 1000:09d}".rstrip("0")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")
 
 
 def _status(code: int, reason: str, message: str) -> Obj:
@@ -84,6 +98,7 @@ class FakeKubernetes:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], Obj] = {}  # (kind, namespace, name)
         self.logs: dict[tuple[str, str], list[str]] = {}  # (namespace, pod) -> lines
+        self.log_times: dict[tuple[str, str], list[str]] = {}  # their timestamps
         self.events: list[tuple[int, str, Obj]] = []  # job watch events (rv, type, object)
         self.deletions: list[tuple[str, str, str, str | None]] = []  # kind, ns, name, policy
         self.requests: list[tuple[str, str]] = []
@@ -251,6 +266,7 @@ class FakeKubernetes:
             }
             self._create("pods", namespace, pod)
             self.logs[(namespace, pod_name)] = []
+            self.log_times[(namespace, pod_name)] = []
             self._modify_job(
                 namespace, name, {"active": 1, "startTime": _now(), "ready": 0 if pending else 1}
             )
@@ -332,9 +348,14 @@ class FakeKubernetes:
         with self.changed:
             self._delete("jobs", namespace, name, "Background")
 
-    def add_log(self, pod: str, *lines: str, namespace: str = "default") -> None:
+    def add_log(
+        self, pod: str, *lines: str, namespace: str = "default", at: datetime | None = None
+    ) -> None:
+        """The pod writes `lines`, at `at` (default: now)."""
         with self.changed:
             self.logs.setdefault((namespace, pod), []).extend(lines)
+            times = self.log_times.setdefault((namespace, pod), [])
+            times.extend(rfc3339nano(at or datetime.now(UTC)) for _ in lines)
             self.changed.notify_all()
 
     def compact(self) -> None:
@@ -355,7 +376,7 @@ class FakeKubernetes:
         namespace, kind, name, sub = match["ns"], match["kind"], match["name"], match["sub"]
         api_version, _, list_kind = _KINDS[kind]
         with self.changed:
-            if name is None and method == "GET" and query.get("watch") in ("true", "1"):
+            if name is None and method == "GET" and _true(query.get("watch")):
                 return self._watch(namespace, query)
             if name is None and method == "GET":
                 selector = query.get("labelSelector", "")
@@ -405,18 +426,29 @@ class FakeKubernetes:
         lines = self.logs.get((namespace, pod), [])
         tail = int(query["tailLines"]) if "tailLines" in query else None
         start = max(len(lines) - tail, 0) if tail is not None else 0
-        if query.get("follow") not in ("true", "1"):
-            return 200, "".join(f"{line}\n" for line in lines[start:])
-        return self._follow(namespace, pod, start)
+        timestamps = _true(query.get("timestamps"))
+        if not _true(query.get("follow")):
+            fresh = self._lines(namespace, pod, start, timestamps)
+            return 200, "".join(f"{line}\n" for line in fresh)
+        return self._follow(namespace, pod, start, timestamps)
 
-    def _follow(self, namespace: str, pod: str, start: int) -> Iterator[bytes]:
+    def _lines(self, namespace: str, pod: str, start: int, timestamps: bool) -> list[str]:
+        lines = self.logs.get((namespace, pod), [])[start:]
+        if not timestamps:
+            return lines
+        times = self.log_times.get((namespace, pod), [])[start:]
+        return [f"{stamp} {line}" for stamp, line in zip(times, lines, strict=True)]
+
+    def _follow(
+        self, namespace: str, pod: str, start: int, timestamps: bool = False
+    ) -> Iterator[bytes]:
         def stream() -> Iterator[bytes]:
             sent = start
             deadline = time.monotonic() + 30
             while True:
                 with self.changed:
-                    lines = self.logs.get((namespace, pod), [])
-                    fresh, sent = lines[sent:], len(lines)
+                    fresh = self._lines(namespace, pod, sent, timestamps)
+                    sent += len(fresh)
                     obj = self.objects.get(("pods", namespace, pod))
                     ended = obj is None or obj["status"]["phase"] in ("Succeeded", "Failed")
                     if not fresh and not ended and not self.closing:

@@ -3,7 +3,7 @@ each job's logs are) and the servicer. Stateless: no database."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
@@ -15,19 +15,41 @@ from services.common.settings import Settings
 from services.logproxy.service import LogProxyService
 from services.logproxy.servicer import LogProxyServicer
 
+if TYPE_CHECKING:
+    from services.logproxy.sources.kubernetes import KubernetesLogs
+
 SERVICE: Final = "logproxy"
 GRPC_SERVICE_NAME = logproxy_service_pb2.DESCRIPTOR.services_by_name["LogProxyService"].full_name
 
 
-def build_spec(settings: Settings) -> ServiceSpec:
+def build_spec(settings: Settings, *, kubernetes_api: Any | None = None) -> ServiceSpec:
+    """The log proxy as a ServiceSpec. Pod logs are read with the scheduler's cluster
+    configuration (its kubeconfig and context; none: the in-cluster service account), or
+    through `kubernetes_api` (a kubernetes.client.ApiClient: tests point it at a fake API
+    server)."""
     servicer: LogProxyServicer | None = None
     channel: grpc.aio.Channel | None = None
+
+    def pod_logs() -> KubernetesLogs:
+        # Imported here: the kubernetes client (the k8s extra) is only needed for pod logs.
+        from services.logproxy.sources.kubernetes import KubernetesLogs
+
+        kubeconfig = settings.scheduler_k8s_kubeconfig
+        return KubernetesLogs(
+            kubernetes_api,
+            kubeconfig=str(kubeconfig) if kubeconfig else None,
+            context=settings.scheduler_k8s_context,
+            request_timeout_seconds=settings.backend_timeout_seconds,
+        )
 
     async def start() -> None:
         nonlocal servicer, channel
         channel = open_channel(settings.backend_address("scheduler"))
         service = LogProxyService(
-            channel, settings.backend_timeout_seconds, PageTokenCodec(settings.page_token_secret)
+            channel,
+            settings.backend_timeout_seconds,
+            PageTokenCodec(settings.page_token_secret),
+            kubernetes=pod_logs,
         )
         servicer = LogProxyServicer(service, settings.backend_timeout_seconds)
 

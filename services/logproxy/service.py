@@ -1,17 +1,23 @@
 """The log proxy's domain: find where a job's logs are (the scheduler says), read them from
 that source, filter (component, severity, since), page newest first, or tail and follow.
 
-Page tokens carry the byte position of the last entry returned: positions only grow as the
-log grows, so a page is stable while the job keeps writing.
+Sources: "file" (the local launcher's log files, sources/files.py) and "kubernetes" (the
+pods of the Kubernetes launcher's Jobs, sources/kubernetes.py; the kubernetes client is only
+imported when a job's logs are there).
+
+Page tokens carry the position of the last entry returned (a byte offset in a file; a pod
+and line number in pod logs): positions only grow as the log grows, so a page is stable
+while the job keeps writing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc.aio
 
@@ -21,7 +27,10 @@ from services.common.clients import CallOptions, backend_error
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.paging import PageTokenCodec, coerce_page_size
 from services.logproxy.sources import LogRecord
-from services.logproxy.sources.files import follow_records, read_log, read_records
+from services.logproxy.sources.files import follow_records, read_log
+
+if TYPE_CHECKING:
+    from services.logproxy.sources.kubernetes import KubernetesLogs
 
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer", "Evaluation")
@@ -29,6 +38,11 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 # How often a follower asks the scheduler whether the job has ended.
 JOB_POLL_SECONDS = 2.0
+SOURCES = ("file", "kubernetes")
+
+Finished = Callable[[], Awaitable[bool]]
+# Continues reading a source where a read of it ended, until `finished()`.
+Follow = Callable[[Finished], AsyncIterator[LogRecord]]
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,21 @@ def filters(component: str, min_severity: int, since: dt.datetime | None) -> Fil
 
 
 class LogProxyService:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float, tokens: PageTokenCodec) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        tokens: PageTokenCodec,
+        *,
+        kubernetes: Callable[[], KubernetesLogs] | None = None,
+    ) -> None:
+        """`kubernetes` makes the reader of pod logs (on first use: it needs the kubernetes
+        client and a cluster configuration only when a job's logs are in pods)."""
         self._scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self._tokens = tokens
+        self._make_kubernetes = kubernetes
+        self._kubernetes: KubernetesLogs | None = None
 
     async def _job(self, name: str, options: CallOptions) -> job_pb2.Job:
         if not name.startswith("jobs/"):
@@ -78,20 +103,47 @@ class LogProxyService:
             raise backend_error(error, "scheduler") from None
         return job
 
-    def _file(self, job: job_pb2.Job) -> Path:
+    def _source(self, job: job_pb2.Job) -> str:
         source = job.log_source
         if not source.kind:
             raise FailedPrecondition(
                 f"job {job.job_id} has no logs yet: its workload has not started",
                 reason="NO_LOGS_YET",
             )
-        if source.kind != "file":
+        if source.kind not in SOURCES:
             raise FailedPrecondition(
                 f"this log proxy cannot read {source.kind} logs yet (job {job.job_id})",
                 reason="UNSUPPORTED_LOG_SOURCE",
                 metadata={"kind": source.kind},
             )
-        return Path(source.attributes["path"])
+        return source.kind
+
+    def _pod_logs(self) -> KubernetesLogs:
+        if self._kubernetes is None:
+            try:
+                if self._make_kubernetes is None:
+                    raise RuntimeError("no Kubernetes access was configured")
+                self._kubernetes = self._make_kubernetes()
+            except Exception as error:  # no client (the k8s extra), no cluster configuration
+                raise FailedPrecondition(
+                    f"this log proxy cannot read Kubernetes pod logs: {error}",
+                    reason="NO_KUBERNETES_ACCESS",
+                ) from None
+        return self._kubernetes
+
+    async def _read(self, job: job_pb2.Job) -> tuple[list[LogRecord], Follow]:
+        """The job's records, oldest first, and how to follow its log from there."""
+        attributes = job.log_source.attributes
+        if self._source(job) == "file":
+            path = Path(attributes["path"])
+            records, end = await asyncio.to_thread(read_log, path)
+            component = records[-1].component if records else ""
+            return records, lambda finished: follow_records(path, end, component, finished)
+        from services.logproxy.sources.kubernetes import PodSelector
+
+        logs = self._pod_logs()
+        snapshot = await asyncio.to_thread(logs.read, PodSelector.of(attributes))
+        return snapshot.records, lambda finished: logs.follow(snapshot, finished)
 
     async def list_logs(
         self,
@@ -102,11 +154,11 @@ class LogProxyService:
         options: CallOptions,
     ) -> tuple[list[log_entry_pb2.LogEntry], str]:
         job = await self._job(name, options)
-        path = self._file(job)
+        self._source(job)
         query = self._tokens.fingerprint("logs", name, wanted.component, wanted.min_severity)
         before = self._tokens.decode(page_token, query)[0] if page_token else None
         size = coerce_page_size(page_size)
-        records = await asyncio.to_thread(read_records, path)
+        records, _ = await self._read(job)
         newest_first = [
             r
             for r in reversed(records)
@@ -130,13 +182,11 @@ class LogProxyService:
         if not 0 <= limit <= MAX_TAIL:
             raise InvalidArgument(f"limit must be 0-{MAX_TAIL}", field="limit")
         job = await self._job(name, options)
-        path = self._file(job)
-        records, end = await asyncio.to_thread(read_log, path)
+        records, follow_from = await self._read(job)
         for record in _last(records, wanted, limit or DEFAULT_TAIL):
             yield record.to_proto()
         if not follow or job.state in TERMINAL:
             return
-        component = records[-1].component if records else ""
         checked = [0.0, job.state in TERMINAL]
 
         async def finished() -> bool:
@@ -149,7 +199,7 @@ class LogProxyService:
                 checked[1] = current.state in TERMINAL
             return bool(checked[1])
 
-        async for record in follow_records(path, end, component, finished):
+        async for record in follow_from(finished):
             if wanted.keep(record):
                 yield record.to_proto()
 

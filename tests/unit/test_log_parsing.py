@@ -1,13 +1,15 @@
 """Parsing trainer log files into entries: Python logging and TensorFlow C++ headers,
-continuation lines, severities, and the pipeline component each entry belongs to."""
+continuation lines, severities, and the pipeline component each entry belongs to; pod log
+lines with the time Kubernetes stamped them with."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 
 from cairn.logproxy.v1 import log_entry_pb2
-from services.logproxy.sources.files import follow_records, read_log, read_records
+from services.logproxy.sources.files import RecordParser, follow_records, read_log, read_records
 
 LOG = """\
 2026-12-04 17:43:01,017 INFO cairn_trainer.progress: progress: ExampleGen 0.0% preparing data
@@ -76,3 +78,44 @@ def test_following_sees_appended_records_and_stops_when_finished(tmp_path: Path)
         "Evaluation:x: progress: Evaluation 95% eval",
         "Evaluation:x: exported",
     ]
+
+
+def test_a_source_given_time_is_the_records_time() -> None:
+    """The Kubernetes source parses pod log lines like file lines, with Kubernetes' times."""
+    stamped = dt.datetime(2026, 12, 4, 19, 0, 1, 500000, tzinfo=dt.UTC)
+    parser = RecordParser("pod/p/trainer")
+    assert (
+        parser.feed(0, "2026-12-04 17:43:01,017 INFO x: progress: Trainer 1% go", stamped) is None
+    )
+    assert parser.feed(1, "a continuation", stamped + dt.timedelta(seconds=1)) is None
+    first = parser.feed(2, "2026-12-04 17:43:02,000 W y: careful", stamped + dt.timedelta(2))
+    assert first is not None and first.time == stamped and first.component == "Trainer"
+    assert first.message == "x: progress: Trainer 1% go\na continuation"
+    last = parser.flush()
+    assert last is not None and last.time == stamped + dt.timedelta(2)
+    assert (last.position, last.severity, last.source) == (
+        2,
+        log_entry_pb2.SEVERITY_WARNING,
+        "pod/p/trainer",
+    )
+    # A record without a header takes the given time too.
+    assert parser.feed(3, "no header", stamped) is None
+    headless = parser.flush()
+    assert headless is not None and headless.time == stamped
+
+
+def test_kubernetes_timestamps_are_split_from_pod_log_lines() -> None:
+    from services.logproxy.sources.kubernetes import split_timestamp
+
+    assert split_timestamp("2026-12-04T18:00:00.123456789Z 2026-12-04 17:00:00,000 INFO x") == (
+        dt.datetime(2026, 12, 4, 18, 0, 0, 123456, tzinfo=dt.UTC),
+        "2026-12-04 17:00:00,000 INFO x",
+    )
+    assert split_timestamp("2026-12-04T18:00:00Z ") == (
+        dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC),
+        "",
+    )
+    offset = split_timestamp("2026-12-04T19:00:00.5+01:00 line")
+    assert offset[0] == dt.datetime(2026, 12, 4, 18, 0, 0, 500000, tzinfo=dt.UTC)
+    assert offset[1] == "line"
+    assert split_timestamp("no time here") == (None, "no time here")

@@ -53,17 +53,21 @@ def _parse_time(text: str) -> dt.datetime | None:
         return None
 
 
-class _Parser:
-    """Lines in, records out; keeps the current component and the record being built."""
+class RecordParser:
+    """Lines in, records out; keeps the current component and the record being built.
+    Shared by the sources: the file source feeds a log file's lines, the Kubernetes source
+    a pod log's lines (with the time Kubernetes stamped each one)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.component = ""
         self._pending: tuple[int, dt.datetime | None, int, str, list[str]] | None = None
 
-    def feed(self, position: int, line: str) -> LogRecord | None:
-        """One line (without its newline) starting at byte `position`; returns the record
-        this line completed, if any."""
+    def feed(self, position: int, line: str, time: dt.datetime | None = None) -> LogRecord | None:
+        """One line (without its newline) at `position` (where it starts: a byte offset, a
+        line number...); returns the record this line completed, if any. `time`, when the
+        source knows when the line was written, is the time of the record it starts (else
+        the time in its header, if any)."""
         header = _HEADER.match(line)
         if header is None:
             if self._pending is not None:
@@ -71,7 +75,7 @@ class _Parser:
                 return None
             if not line.strip():
                 return None
-            self._pending = (position, None, log_entry_pb2.SEVERITY_INFO, self.component, [line])
+            self._pending = (position, time, log_entry_pb2.SEVERITY_INFO, self.component, [line])
             return None
         done = self.flush()
         stage = _STAGE.search(header["rest"])
@@ -79,7 +83,7 @@ class _Parser:
             self.component = stage["stage"]
         self._pending = (
             position,
-            _parse_time(header["time"]),
+            time if time is not None else _parse_time(header["time"]),
             SEVERITIES[header["level"]],
             self.component,
             [header["rest"]],
@@ -103,7 +107,7 @@ def read_records(path: Path) -> list[LogRecord]:
 def read_log(path: Path) -> tuple[list[LogRecord], int]:
     """The records of the file, oldest first, and the offset just after its last complete
     line (where following it continues)."""
-    parser = _Parser(str(path))
+    parser = RecordParser(str(path))
     records: list[LogRecord] = []
     end = 0
     try:
@@ -138,7 +142,7 @@ async def follow_records(
     otherwise), as they are written, until `finished()` says the writer is done and the
     file has been read to its end. A record is complete when the next one starts, or when
     nothing was written for a poll."""
-    parser = _Parser(str(path))
+    parser = RecordParser(str(path))
     parser.component = component
     partial = b""
     while True:
