@@ -10,6 +10,7 @@ import hashlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.text import Text
@@ -33,11 +34,15 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def _find(items: list[object], display_name: str) -> str | None:
-    for item in items:
-        if getattr(item, "display_name", None) == display_name:
-            return str(item.name)  # type: ignore[attr-defined]
-    return None
+def _named(display_name: str) -> str:
+    """The list filter of the one resource with this display name (names are unique)."""
+    from cairn.scheduling import quote
+
+    return f"display_name = {quote(display_name)}"
+
+
+def _first_name(items: list[Any]) -> str | None:
+    return str(items[0].name) if items else None
 
 
 @click.command()
@@ -91,11 +96,11 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
             # Reused across runs of the demo, unless Cairn was reinstalled elsewhere since
             # (then the registered file is gone): the new location gets its own resources.
             path = str(sample_dataset_path())
-            existing = [d for d in scheduler.list_datasets() if d.display_name == DATASET]
+            existing = scheduler.list_datasets(filter=_named(DATASET), limit=1)
             suffix = "" if not existing or existing[0].uri == path else f"-{_short_hash(path)}"
             feature_display = FEATURES + suffix
             dataset = (
-                _find(list(scheduler.list_datasets()), DATASET + suffix)
+                _first_name(scheduler.list_datasets(filter=_named(DATASET + suffix), limit=1))
                 or scheduler.create_dataset(
                     DATASET + suffix,
                     path,
@@ -107,9 +112,9 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
                 ).name
             )
             features = (
-                _find(list(scheduler.list_feature_configs()), FEATURES + suffix)
+                _first_name(scheduler.list_feature_configs(filter=_named(feature_display), limit=1))
                 or scheduler.create_feature_config(
-                    FEATURES + suffix,
+                    feature_display,
                     dataset,
                     [FeatureSpec("user_id", "categorical", 32)],
                     [
@@ -120,7 +125,7 @@ def demo(data_dir: Path | None, keep: bool, sample: str, epochs: int, batch_size
                 ).name
             )
             model = (
-                _find(list(scheduler.list_model_configs()), MODEL)
+                _first_name(scheduler.list_model_configs(filter=_named(MODEL), limit=1))
                 or scheduler.create_model_config(
                     MODEL,
                     "retrieval",

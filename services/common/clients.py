@@ -72,6 +72,12 @@ class BackendError(CairnError):
         self.code = code
 
 
+# Backend failures worth retrying later (the backend is down, slow or briefly conflicted);
+# any other refusal is final.
+RETRYABLE_CODES = frozenset(
+    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.ABORTED, StatusCode.INTERNAL}
+)
+
 _UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE: (StatusCode.UNAVAILABLE, "is unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (StatusCode.DEADLINE_EXCEEDED, "did not answer in time"),

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from cairn.tracker.v1 import run_pb2
-from services.common.clients import BackendError
+from services.common.clients import RETRYABLE_CODES, BackendError
 from services.common.errors import CairnError
 from services.common.timeutil import now_ms
 from services.scheduler.launchers import MACHINE_TYPES, Handle, Launcher, LaunchSpec
 from services.scheduler.leader import AlwaysLeader, Leadership
 from services.scheduler.service import (
     RUN_STATUS_OF,
-    TRANSIENT_CODES,
     SchedulerService,
     trainer_spec,
 )
@@ -209,7 +208,7 @@ class Reconciler:
         except asyncio.CancelledError:
             raise
         except BackendError as error:
-            if error.code not in TRANSIENT_CODES:
+            if error.code not in RETRYABLE_CODES:
                 await self._fail_launch(row, error)
                 return
             # The tracker is unreachable: the job stays SUBMITTING, the next pass retries.
@@ -374,7 +373,7 @@ class Reconciler:
         try:
             await step
         except CairnError as error:
-            transient = isinstance(error, BackendError) and error.code in TRANSIENT_CODES
+            transient = isinstance(error, BackendError) and error.code in RETRYABLE_CODES
             if transient and not transient_too:
                 raise
             log.warning("job %s: could not %s: %s", row.job_id, what, error)

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from cairn.common.v1 import lineage_pb2
 from cairn.scheduler.v1 import dataset_pb2, feature_config_pb2, job_pb2, model_config_pb2
 from cairn.tracker.v1 import run_pb2
-from services.common.clients import BackendError
+from services.common.clients import RETRYABLE_CODES, BackendError
 from services.common.concurrency import BlockingRunner
-from services.common.errors import FailedPrecondition, InvalidArgument, StatusCode
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.filtering import parse_filter, parse_order_by
 from services.common.paging import PageTokenCodec, coerce_page_size
 from services.common.timeutil import now_ms
@@ -55,10 +55,6 @@ from services.scheduler.tracker_client import TrackerWriter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Backend failures worth retrying later; any other refusal from the tracker is final.
-TRANSIENT_CODES = frozenset(
-    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.ABORTED, StatusCode.INTERNAL}
-)
 MAX_NAME = 200
 MAX_DESCRIPTION = 10_000
 MAX_REQUEST_ID = 128
@@ -619,7 +615,7 @@ class SchedulerService:
                     row.run, RUN_STATUS_OF[row.state], end_ms=row.end_time or now_ms()
                 )
             except BackendError as error:
-                if error.code in TRANSIENT_CODES:
+                if error.code in RETRYABLE_CODES:
                     log.warning("job %s: run status not updated yet: %s", row.job_id, error)
                     return
                 # Deleted, or already ended otherwise: nothing more to do for it.

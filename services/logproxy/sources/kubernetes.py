@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services.common.errors import Unavailable
+from services.common.kubernetes import api_client_from
 from services.logproxy.sources import LogRecord
 from services.logproxy.sources.files import RecordParser
 
@@ -53,23 +54,6 @@ _STAMP = re.compile(
     r"(?P<zone>Z|[+-]\d{2}:\d{2}) ?"
 )
 _EPOCH = dt.datetime.fromtimestamp(0, dt.UTC)
-
-
-def api_client_from(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """An ApiClient for a kubeconfig file, else the in-cluster service account, else the
-    default kubeconfig (~/.kube/config or $KUBECONFIG), as the Kubernetes launcher does."""
-    if kubeconfig:
-        return config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context
-        )
-    try:
-        configuration = client.Configuration()
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-        return client.ApiClient(configuration)
-    except config.ConfigException:
-        return config.new_client_from_config(context=context)  # type: ignore[no-untyped-call]
 
 
 def split_timestamp(line: str) -> tuple[dt.datetime | None, str]:

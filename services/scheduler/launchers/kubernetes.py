@@ -36,10 +36,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from services.common.kubernetes import api_client_from
 from services.scheduler.launchers import Handle, LaunchSpec, LogLocation, WorkloadStatus
 from services.scheduler.launchers.local import STAGES
 
@@ -76,29 +77,6 @@ def job_selector(job_id: str) -> str:
 def _dns_label(value: str) -> str:
     """A job id as it may appear in a name (RFC 1123: lowercase alphanumerics and '-')."""
     return re.sub(r"[^a-z0-9-]", "-", value.lower()).strip("-")[:47]
-
-
-def api_client_from(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """An ApiClient for a kubeconfig file, else the in-cluster service account, else the
-    default kubeconfig (~/.kube/config or $KUBECONFIG)."""
-    if kubeconfig:
-        return cast(
-            client.ApiClient,
-            config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context
-            ),
-        )
-    try:
-        configuration = client.Configuration()
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-        return client.ApiClient(configuration)
-    except config.ConfigException:
-        return cast(
-            client.ApiClient,
-            config.new_client_from_config(context=context),  # type: ignore[no-untyped-call]
-        )
 
 
 class KubernetesLauncher:
