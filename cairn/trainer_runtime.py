@@ -55,7 +55,9 @@ PYTHON_ENV = "CAIRN_TRAINER_PYTHON"
 # out (the extra admits one release, dill 0.3.1.1). On 3.11 pip must also ignore some
 # packages' Requires-Python; its lock pins a beam that keeps protobuf < 5.
 _REQUIREMENTS = ("tfx", "tensorflow-recommenders", "apache-beam[gcp,dill]")
-_OPTIONAL_REQUIREMENTS = ("scann",)
+# kfp-pipeline-spec: KubeflowV2DagRunner's PipelineSpec protos (`cairn_trainer compile`, for
+# Vertex AI); tfx's kfp extra asks for releases on protobuf 4, 0.2.2 is the last on 3.20.
+_OPTIONAL_REQUIREMENTS = ("scann", "kfp-pipeline-spec")
 _PIP_FLAGS = {"3.11": ("--ignore-requires-python",)}
 
 # The environment the trainer must run with (beyond PYTHONPATH): TFRS 0.7 on TF 2.16 needs

@@ -151,9 +151,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run one training job")
     run_parser.add_argument("--spec", required=True, help="absolute path of spec.json")
+    compile_parser = commands.add_parser(
+        "compile",
+        help="prepare the data on GCS and compile the pipeline for Vertex AI Pipelines",
+    )
+    compile_parser.add_argument("--spec", required=True, help="absolute path of spec.json")
+    compile_parser.add_argument(
+        "--pipeline-root", required=True, help="gs:// prefix for this job's pipeline"
+    )
+    compile_parser.add_argument("--image", required=True, help="the trainer image")
+    compile_parser.add_argument("--output", required=True, help="where to write the JSON")
     args = parser.parse_args(argv)
     # Default SIGTERM: the process (and with it the in-memory Beam workers and TF threads)
     # ends at once, whatever a library may have installed.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _configure_logging()
+    if args.command == "compile":
+        return compile_pipeline(args.spec, args.pipeline_root, args.image, args.output)
     return run(args.spec)
+
+
+def compile_pipeline(spec_path: str, pipeline_root: str, image: str, output: str) -> int:
+    """Exit code 0 with the PipelineJob JSON at `output`, or 1 with the reason on stderr
+    (its last line is the message for the user)."""
+    from cairn_trainer.remote import compile_for_vertex, write_pipeline_job
+
+    try:
+        spec = load_spec(os.path.abspath(spec_path))
+        document = compile_for_vertex(spec, pipeline_root=pipeline_root, image=image)
+        write_pipeline_job(document, output)
+    except Exception as error:
+        logger.error("compile failed", exc_info=True)
+        print(one_line(error), file=sys.stderr)
+        return 1
+    logger.info("compiled the pipeline of job %s to %s", spec.job_id, output)
+    return 0

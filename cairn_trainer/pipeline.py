@@ -46,9 +46,19 @@ def transform_config(spec: Spec) -> dict[str, Any]:
     }
 
 
-def build_pipeline(spec: Spec, paths: JobPaths) -> Any:
+def build_pipeline(
+    spec: Spec,
+    paths: JobPaths,
+    *,
+    data_root: str | None = None,
+    pipeline_root: str | None = None,
+    local_metadata: bool = True,
+) -> Any:
+    """The job's pipeline. By default everything is under the job's work_dir and ML Metadata
+    is a SQLite file there (LocalDagRunner); a remote orchestrator (Vertex AI) gets the data
+    and the pipeline root on gs:// and keeps the metadata itself."""
     example_gen = tfx.components.CsvExampleGen(
-        input_base=paths.data,
+        input_base=data_root or paths.data,
         input_config=example_gen_pb2.Input(
             splits=[
                 example_gen_pb2.Input.Split(name="train", pattern="train/*.csv"),
@@ -94,11 +104,13 @@ def build_pipeline(spec: Spec, paths: JobPaths) -> Any:
         executors.use_executor(component, executor_class)
     return tfx.dsl.Pipeline(
         pipeline_name=re.sub(r"[^A-Za-z0-9_-]", "-", f"cairn-{spec.job_id}"),
-        pipeline_root=paths.pipeline_root,
+        pipeline_root=pipeline_root or paths.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, transform, trainer],
         enable_cache=False,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            paths.metadata
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata)
+            if local_metadata
+            else None
         ),
         beam_pipeline_args=BEAM_PIPELINE_ARGS,
     )

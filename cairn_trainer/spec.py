@@ -128,6 +128,9 @@ class Spec:
     training: TrainingSpec
     hardware_tier: str
     reporting: ReportingSpec
+    # Where the trainer uploads training_metrics.json and outputs/ when it runs where the
+    # scheduler cannot read its work_dir (a Vertex AI pipeline): "" or gs://bucket/prefix.
+    results_uri: str = ""
     # The document as given, so the TFX components (Trainer custom_config) get exactly it.
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -420,9 +423,17 @@ def parse_spec(document: Any) -> Spec:
         training=training,
         hardware_tier=reader.string("hardware_tier", allow_empty=True),
         reporting=_reporting(reader.obj("reporting")),
+        results_uri=_results_uri(document),
         raw=document,
     )
     return spec
+
+
+def _results_uri(document: dict[str, Any]) -> str:
+    value = document.get("results_uri", "")
+    if not isinstance(value, str) or (value and not value.startswith("gs://")):
+        raise SpecError(f"spec.results_uri: must be a gs:// URI or empty, got {value!r}")
+    return value.rstrip("/")
 
 
 def load_spec(path: str) -> Spec:

@@ -192,3 +192,10 @@ def run_fn(fn_args: Any) -> None:
     # real (a Pusher or an InfraValidator could consume it).
     shutil.rmtree(fn_args.serving_model_dir, ignore_errors=True)
     shutil.copytree(serving_dir, fn_args.serving_model_dir)
+    if spec.results_uri:
+        # On Vertex AI nobody else can read this container's disk: the job's files go to
+        # Cloud Storage, where the scheduler collects them (cairn_trainer.remote).
+        from cairn_trainer.remote import finish_remote
+
+        uploaded = finish_remote(spec, getattr(fn_args, "schema_path", "") or "")
+        logger.info("uploaded %d result files to %s", uploaded, spec.results_uri)

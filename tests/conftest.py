@@ -15,6 +15,9 @@ from services.common.settings import Settings
 
 from cairn_testing import PostgresDatabases, ServerThread, make_settings, sqlite_url
 
+# The S3 and GCS emulators' fixtures (tests/artifact_emulators.py), for every test module.
+pytest_plugins = ["artifact_emulators"]
+
 DATABASES = ["sqlite", "postgresql"]
 
 

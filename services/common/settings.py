@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     # The scheduler. Which launcher runs jobs' workloads ("local": a subprocess per job in the
     # trainer runtime, see `cairn trainer-env`; "kubernetes": a batch/v1 Job per job).
-    scheduler_launcher: Literal["local", "kubernetes"] = "local"
+    scheduler_launcher: Literal["local", "kubernetes", "vertex"] = "local"
     # The Kubernetes launcher (scheduler_launcher="kubernetes"; needs the k8s extra): the
     # namespace and trainer image of the batch/v1 Jobs; no kubeconfig = the in-cluster
     # service account (else $KUBECONFIG or ~/.kube/config).
@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     scheduler_k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     scheduler_k8s_active_deadline_seconds: int = Field(default=86400, ge=60)
     scheduler_k8s_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+    # The Vertex AI launcher (scheduler_launcher="vertex"; needs the gcp extra and the trainer
+    # runtime, which compiles each job's pipeline): jobs run as PipelineJobs in this project
+    # and region, their files under <pipeline root>/<job id> (gs://), every task in the
+    # trainer image, as this service account (default: the project's Compute Engine one).
+    scheduler_vertex_project: str | None = None
+    scheduler_vertex_location: str = "us-central1"
+    scheduler_vertex_pipeline_root: str | None = None
+    scheduler_vertex_image: str = "cairn-trainer:latest"
+    scheduler_vertex_service_account: str | None = None
+    scheduler_vertex_network: str | None = None
+    # Another API endpoint than {location}-aiplatform.googleapis.com (private endpoints).
+    scheduler_vertex_api_endpoint: str | None = None
     # How many jobs may be submitting or running at once; further jobs wait QUEUED.
     scheduler_max_running_jobs: int = Field(default=2, ge=1, le=1000)
     # Seconds between two passes of the reconcile loop (claim, launch, poll, finalize).

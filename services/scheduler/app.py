@@ -77,7 +77,42 @@ def default_launcher(settings: Settings) -> Launcher:
                 f"CAIRN_SCHEDULER_LAUNCHER=kubernetes, but no cluster configuration was found "
                 f"({error}): run in a cluster, or set CAIRN_SCHEDULER_K8S_KUBECONFIG"
             ) from None
+    if settings.scheduler_launcher == "vertex":
+        return vertex_launcher(settings)
     return LocalLauncher()
+
+
+def vertex_launcher(settings: Settings) -> Launcher:
+    missing = [
+        f"CAIRN_SCHEDULER_VERTEX_{name.upper()}"
+        for name, value in (
+            ("project", settings.scheduler_vertex_project),
+            ("pipeline_root", settings.scheduler_vertex_pipeline_root),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigurationError(f"CAIRN_SCHEDULER_LAUNCHER=vertex needs {' and '.join(missing)}")
+    try:
+        # Imported here: google-cloud-aiplatform (the gcp extra) is only needed when chosen.
+        from services.scheduler.launchers.vertex import VertexLauncher
+
+        return VertexLauncher(
+            project=str(settings.scheduler_vertex_project),
+            location=settings.scheduler_vertex_location,
+            pipeline_root=str(settings.scheduler_vertex_pipeline_root),
+            image=settings.scheduler_vertex_image,
+            service_account=settings.scheduler_vertex_service_account,
+            network=settings.scheduler_vertex_network,
+            api_endpoint=settings.scheduler_vertex_api_endpoint,
+        )
+    except ImportError as error:
+        raise ConfigurationError(
+            f"CAIRN_SCHEDULER_LAUNCHER=vertex needs google-cloud-aiplatform "
+            f"(pip install 'cairn[gcp]'): {error}"
+        ) from None
+    except Exception as error:  # no credentials, a bad pipeline root
+        raise ConfigurationError(f"the Vertex AI launcher cannot start: {error}") from None
 
 
 def build_spec(

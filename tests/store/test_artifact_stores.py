@@ -35,11 +35,7 @@ from services.tracker.artifact_store import (
     run_prefix,
 )
 
-from artifact_emulators import Emulator, gcs_emulator, gcs_server, s3_emulator, s3_server
-
-# Fixtures live in artifact_emulators (tests/conftest.py is someone else's); importing them
-# here is what makes pytest see them.
-__all__ = ["gcs_emulator", "gcs_server", "s3_emulator", "s3_server"]
+from artifact_emulators import Emulator
 
 MiB = 1 << 20
 

@@ -6,11 +6,11 @@ Emulators are reached the way the official client supports: set STORAGE_EMULATOR
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from services.common.errors import Aborted, ConfigurationError
+from services.common.gcs import storage_client
 from services.tracker.artifact_store import DEFAULT_CHUNK_SIZE, ArtifactStore
 from services.tracker.artifact_store.paths import validate_key
 
@@ -20,7 +20,6 @@ _MAX_NAME_BYTES = 1024
 _BATCH_SIZE = 100
 # Each ranged GET is a round trip, so small chunks are served from larger fetches.
 _FETCH_SIZE = 8 << 20
-_EMULATOR_PROJECT = "cairn-emulator"
 
 
 class GcsArtifactStore(ArtifactStore):
@@ -29,27 +28,12 @@ class GcsArtifactStore(ArtifactStore):
     def __init__(self, bucket: str, prefix: str = "") -> None:
         try:
             from google.api_core import exceptions as google_errors
-            from google.auth.credentials import AnonymousCredentials
-            from google.auth.exceptions import DefaultCredentialsError
-            from google.cloud import storage  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ConfigurationError(
                 f"gs://{bucket} artifact stores need google-cloud-storage: pip install 'cairn[gcp]'"
             ) from exc
         self._errors = google_errors
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            # Emulators accept anyone; this never looks for real credentials on a dev machine.
-            self._client: Any = storage.Client(
-                project=os.environ.get("GOOGLE_CLOUD_PROJECT", _EMULATOR_PROJECT),
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-        else:
-            try:
-                self._client = storage.Client()
-            except DefaultCredentialsError as exc:
-                raise ConfigurationError(
-                    f"gs://{bucket} artifact store: no Google credentials found: {exc}"
-                ) from exc
+        self._client: Any = storage_client(f"gs://{bucket} artifact store")
         self._bucket: Any = self._client.bucket(bucket)
         self._prefix = prefix
         self._max_key_bytes = _MAX_NAME_BYTES - (len(prefix.encode()) + 1 if prefix else 0)
