@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     scheduler_k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     scheduler_k8s_active_deadline_seconds: int = Field(default=86400, ge=60)
     scheduler_k8s_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+    # gs://bucket/prefix where training pods upload their results (metrics history, model,
+    # reports) for the scheduler to collect; unset: only the live-reported metrics arrive.
+    scheduler_k8s_results_uri: str | None = Field(default=None, pattern=r"^gs://[^/]+")
     # The Vertex AI launcher (scheduler_launcher="vertex"; needs the gcp extra and the trainer
     # runtime, which compiles each job's pipeline): jobs run as PipelineJobs in this project
     # and region, their files under <pipeline root>/<job id> (gs://), every task in the

@@ -71,6 +71,7 @@ def default_launcher(settings: Settings) -> Launcher:
                 image_pull_policy=settings.scheduler_k8s_image_pull_policy,
                 active_deadline_seconds=settings.scheduler_k8s_active_deadline_seconds,
                 ttl_seconds_after_finished=settings.scheduler_k8s_ttl_seconds_after_finished,
+                results_uri=settings.scheduler_k8s_results_uri,
             )
         except Exception as error:  # the client's config errors: no cluster to talk to
             raise ConfigurationError(

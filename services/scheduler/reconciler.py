@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._watch_stop = threading.Event()
         service.on_change(self._wake.set)
 
     async def _blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -84,6 +86,7 @@ class Reconciler:
     # ------------------------------------------------------------------ the loop
 
     async def run_forever(self) -> None:
+        self._start_watch()
         adopted = False
         while not self._stopping:
             # Cleared before the pass, so a change made during it triggers the next one.
@@ -103,8 +106,32 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
 
+    def _start_watch(self) -> None:
+        """A launcher that can watch its workloads (the Kubernetes launcher) wakes the loop
+        up when one changes, so a job's end is seen at once instead of at the next poll;
+        polling stays the source of truth (a watch may miss events, or fail)."""
+        watch = getattr(self.launcher, "watch", None)
+        if watch is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def changed(job_id: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+                loop.call_soon_threadsafe(self._wake.set)
+
+        def follow() -> None:
+            while not self._watch_stop.is_set():
+                try:
+                    watch(changed, self._watch_stop)
+                except Exception as error:
+                    log.warning("the %s launcher's watch failed: %s", self.launcher.name, error)
+                    self._watch_stop.wait(5.0)
+
+        threading.Thread(target=follow, name="launcher-watch", daemon=True).start()
+
     async def stop(self) -> None:
         self._stopping = True
+        self._watch_stop.set()
         self._wake.set()
         for task in list(self._tasks):
             task.cancel()
@@ -176,19 +203,22 @@ class Reconciler:
         status = await self._blocking(self.launcher.status, handle)
         if status.phase in ("pending", "running"):
             if row.state == "RUNNING":
-                await self._blocking(
-                    self.store.update_job,
-                    row.job_id,
-                    only_in=["RUNNING"],
-                    stage=status.stage or row.stage,
-                    progress_percent=max(row.progress_percent, status.progress_percent),
+                progress = {
+                    "stage": status.stage or row.stage,
+                    "progress_percent": max(row.progress_percent, status.progress_percent),
                     # The trainer's last event may carry no epoch (an Evaluation step).
-                    current_epoch=max(row.current_epoch, status.epoch),
-                    latest_loss=status.loss
+                    "current_epoch": max(row.current_epoch, status.epoch),
+                    "latest_loss": status.loss
                     if status.loss is not None and math.isfinite(status.loss)
                     else row.latest_loss,
-                )
-                self.service.notify()
+                }
+                # Only news is written and announced: an announcement wakes this loop up
+                # too, so announcing every poll would make it spin while a job runs.
+                if any(getattr(row, field) != value for field, value in progress.items()):
+                    await self._blocking(
+                        self.store.update_job, row.job_id, only_in=["RUNNING"], **progress
+                    )
+                    self.service.notify()
             return
         # The workload has ended.
         if row.state == "CANCELLING" and status.phase != "succeeded":

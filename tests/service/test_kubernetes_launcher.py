@@ -23,6 +23,7 @@ from test_scheduler_jobs import get_run, history, in_state, make_configs, submit
 
 from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
 from cairn.tracker.v1 import run_pb2, tracker_service_pb2_grpc
+from services.common.gcs import storage_client
 from services.common.settings import Settings
 from services.scheduler import app as scheduler_app
 from services.scheduler.launchers import MACHINE_TYPES, LaunchSpec, LogLocation
@@ -33,6 +34,7 @@ from services.scheduler.launchers.kubernetes import (
     watch_jobs,
 )
 
+from artifact_emulators import Emulator
 from cairn_testing import ServerThread
 
 NAMESPACE = "ml"
@@ -432,3 +434,63 @@ def test_the_scheduler_runs_jobs_as_kubernetes_jobs(
     finally:
         stack.close()
         server.stop()
+
+
+def test_the_watch_wakes_the_scheduler_up_when_a_job_ends(
+    cluster: FakeKubernetes, settings: Settings, sample_csv: Path
+) -> None:
+    """With polls 300 s apart, only the launcher's watch can make the scheduler see the
+    Job's end within the wait below."""
+    launcher = make_launcher(cluster)
+    settings = settings.model_copy(update={"scheduler_poll_seconds": 300.0})
+    server = ServerThread(
+        settings,
+        ("tracker", "scheduler"),
+        specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
+    ).start()
+    stack = _Stack(server)
+    try:
+        configs = make_configs(stack.scheduler, sample_csv)
+        job = submit(stack, configs, 10)
+        # Creating the job wakes the loop (a service change), which launches it.
+        running = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING))
+        # The passes that follow the launch end; the loop then sleeps for its 300 s. (Were
+        # this too short, the test would pass without a watch, never fail with one.)
+        time.sleep(1.5)
+        name = job_name(running.job_id)
+        cluster.run_job(name, NAMESPACE)
+        cluster.succeed_job(name, NAMESPACE)
+        done = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_SUCCEEDED), timeout=60)
+        assert history(done)[-1] == "SUCCEEDED"
+    finally:
+        stack.close()
+        server.stop()
+
+
+def test_results_travel_through_cloud_storage(
+    cluster: FakeKubernetes, tmp_path: Path, gcs_emulator: Emulator
+) -> None:
+    """With a results URI the trainer's spec says where to upload (cairn_trainer.remote) and
+    results_dir downloads what it uploaded; without one it is the (pod-local) work_dir."""
+    root = f"gs://{gcs_emulator.bucket}/k8s-results"
+    launcher = make_launcher(cluster, results_uri=root + "/")
+    handle = launcher.launch(launch_spec("res1", "SMALL", tmp_path))
+    secret = cluster.get("secrets", secret_name("res1"), NAMESPACE)
+    assert secret is not None
+    stored = json.loads(base64.b64decode(secret["data"]["spec.json"]))
+    assert stored["results_uri"] == f"{root}/res1/results"
+    bucket = storage_client("test").bucket(gcs_emulator.bucket)
+    bucket.blob("k8s-results/res1/results/training_metrics.json").upload_from_string("{}")
+    bucket.blob("k8s-results/res1/results/outputs/manifest.json").upload_from_string("[]")
+    bucket.blob("k8s-results/res10/results/training_metrics.json").upload_from_string("{}")
+    results = launcher.results_dir(handle)
+    assert results == tmp_path / "res1" / "results"
+    found = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
+    assert found == ["outputs/manifest.json", "training_metrics.json"]
+
+    plain = make_launcher(cluster)
+    other = plain.launch(launch_spec("res2", "SMALL", tmp_path))
+    assert plain.results_dir(other) == tmp_path / "res2"
+    secret = cluster.get("secrets", secret_name("res2"), NAMESPACE)
+    assert secret is not None
+    assert "results_uri" not in json.loads(base64.b64decode(secret["data"]["spec.json"]))

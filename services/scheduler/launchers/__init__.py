@@ -9,6 +9,9 @@ blocking (it runs on a worker thread) and idempotent per job id:
 - `adopt` finds the workload of a job after a scheduler restart, without launching;
 - `log_location` says where its logs can be read (for the log proxy);
 - `results_dir` is where the trainer's files are (training_metrics.json, outputs/).
+A launcher may also have `watch(on_change, stop)`: blocking, it calls `on_change(job id)`
+whenever a workload changes, until `stop` (a threading.Event) is set; the reconcile loop
+then wakes up at once instead of at its next poll.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ the trainer's log (the pod's last lines): the trainer writes its events to progr
 and logs each one as a plain "cairn_trainer.progress: progress: <stage> <n>% <message>"
 line on stderr, which gives the stage, progress and epoch (not the loss); a JSON event line
 (as in progress.jsonl), should the trainer print those, is read too, loss included. For the
-same reason results_dir (the job's work_dir) holds the trainer's files only when the
-scheduler's work root is shared storage mounted into the pods at the same path; by default
-the pod writes them to an emptyDir there, the trainer reports its metrics live, and the
+same reason the trainer's files (training_metrics.json, outputs/) reach the scheduler only
+through Cloud Storage: with `results_uri` (gs://) set, the trainer's spec says where to upload
+them at its end (<results_uri>/<job id>/results) and results_dir downloads them. Without it
+the pod writes them to an emptyDir, the trainer still reports its metrics live, and the
 reconciler finds no training_metrics.json or outputs to ingest (it copes: they are optional).
 
 `cancel` deletes the Job with propagationPolicy=Foreground (the pods first). `watch_jobs`
@@ -40,9 +41,11 @@ from kubernetes import client
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from services.common.gcs import storage_client
 from services.common.kubernetes import api_client_from
 from services.scheduler.launchers import Handle, LaunchSpec, LogLocation, WorkloadStatus
 from services.scheduler.launchers.local import STAGES
+from services.scheduler.launchers.results import RESULTS_DIR, download_results, split_gcs_uri
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,8 @@ class KubernetesLauncher:
         image_pull_policy: str | None = None,
         command: list[str] | None = None,
         request_timeout_seconds: float = 30.0,
+        results_uri: str | None = None,
+        storage_client: Any | None = None,
     ) -> None:
         self.api_client = api_client or api_client_from(kubeconfig, context)
         self.batch = client.BatchV1Api(self.api_client)
@@ -108,6 +113,12 @@ class KubernetesLauncher:
         self.image_pull_policy = image_pull_policy
         self.command = command or list(DEFAULT_COMMAND)
         self._timeout = request_timeout_seconds
+        # gs://bucket/prefix: each job's trainer uploads its results to <this>/<job id>/results
+        # (the pod's work_dir is its own emptyDir), and results_dir downloads them.
+        self.results_uri = results_uri.rstrip("/") if results_uri else None
+        if self.results_uri:
+            split_gcs_uri(self.results_uri)
+        self._storage = storage_client
 
     # ------------------------------------------------------------------ launch
 
@@ -156,7 +167,7 @@ class KubernetesLauncher:
                     )
                 ],
             ),
-            string_data={SPEC_KEY: json.dumps(spec.trainer_spec, indent=2, sort_keys=True)},
+            string_data={SPEC_KEY: json.dumps(self._trainer_spec(spec), indent=2, sort_keys=True)},
         )
         try:
             self.core.create_namespaced_secret(
@@ -165,6 +176,14 @@ class KubernetesLauncher:
         except ApiException as error:
             if error.status != 409:
                 raise
+
+    def _trainer_spec(self, spec: LaunchSpec) -> dict[str, Any]:
+        if not self.results_uri:
+            return spec.trainer_spec
+        return {**spec.trainer_spec, "results_uri": self._job_results(spec.job_id)}
+
+    def _job_results(self, job_id: str) -> str:
+        return f"{self.results_uri}/{job_id}/{RESULTS_DIR}"
 
     def _labels(self, job_id: str) -> dict[str, str]:
         return {MANAGED_BY_LABEL: MANAGED_BY, JOB_ID_LABEL: job_id}
@@ -369,9 +388,14 @@ class KubernetesLauncher:
         )
 
     def results_dir(self, handle: Handle) -> Path:
-        # Holds the trainer's files only on shared storage (see the module docstring); the
-        # reconciler reads files that may not exist.
-        return Path(handle["work_dir"])
+        work_dir = Path(handle["work_dir"])
+        if not self.results_uri:
+            # Holds the trainer's files only on shared storage (see the module docstring);
+            # the reconciler reads files that may not exist.
+            return work_dir
+        if self._storage is None:
+            self._storage = storage_client("the Kubernetes launcher's results")
+        return download_results(self._job_results(str(handle["job_id"])), work_dir, self._storage)
 
     # ------------------------------------------------------------------ watching
 

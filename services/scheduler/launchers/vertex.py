@@ -19,7 +19,7 @@ already is left alone). Logs are in Cloud Logging, under the PipelineJob resourc
 
 The trainer cannot write the scheduler's disk, so at its end it uploads training_metrics.json,
 progress.jsonl and outputs/ to `<job root>/results`; `results_dir` downloads them into the
-job's work_dir, where the reconciler reads them as it reads a local run's.
+job's work_dir (services.scheduler.launchers.results).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +37,12 @@ from google.api_core import exceptions as google_errors
 from services.common.gcs import storage_client
 from services.scheduler.launchers import Handle, LaunchSpec, LogLocation, WorkloadStatus
 from services.scheduler.launchers.local import SPEC_FILE, _write_json, default_runtime
+from services.scheduler.launchers.results import RESULTS_DIR, download_results
 
 log = logging.getLogger(__name__)
 
 PIPELINE_JOB_FILE = "pipeline_job.json"
 COMPILE_LOG_FILE = "logs/compile.log"
-RESULTS_DIR = "results"
 COMPILE_TIMEOUT_SECONDS = 1800.0
 DEFAULT_IMAGE = "cairn-trainer:latest"
 # The pipeline's tasks (TFX component ids) in order, with the stage each one is.
@@ -330,30 +329,11 @@ class VertexLauncher:
         )
 
     def results_dir(self, handle: Handle) -> Path:
-        """The trainer's files, downloaded from `<job root>/results` into the work_dir
-        (afresh each time: the reconciler may finalize a job again after a restart)."""
-        target = Path(handle["work_dir"]) / RESULTS_DIR
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        bucket_name, _, prefix = str(handle["root"])[len("gs://") :].partition("/")
-        prefix = f"{prefix.strip('/')}/{RESULTS_DIR}/".lstrip("/")
-        client = self._storage_client()
-        count = 0
-        for blob in client.list_blobs(bucket_name, prefix=prefix):
-            relative = blob.name[len(prefix) :]
-            if not relative or relative.endswith("/") or ".." in relative.split("/"):
-                continue
-            path = target / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(path))
-            count += 1
-        log.info("job %s: %d result files from %s", handle["job_id"], count, handle["root"])
-        return target
-
-    def _storage_client(self) -> Any:
         if self._storage is None:
             self._storage = storage_client("the Vertex AI launcher's results", self.project)
-        return self._storage
+        return download_results(
+            f"{handle['root']}/{RESULTS_DIR}", Path(handle["work_dir"]), self._storage
+        )
 
 
 def _size_the_trainer(pipeline_spec: dict[str, Any], cpus: int, memory_gb: int) -> None:
