@@ -29,7 +29,12 @@ GRPC_SERVICES = {"tracker": 50051, "scheduler": 50052, "analytics": 50053, "logp
 # Custom resources: no schema in kubernetes-validate; their apiVersion and kind are checked.
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
-VALUE_SETS = {"default": [], "full": ["-f", str(FULL_VALUES)]}
+VERTEX_VALUES = CHART / "ci" / "vertex-values.yaml"
+VALUE_SETS = {
+    "default": [],
+    "full": ["-f", str(FULL_VALUES)],
+    "vertex": ["-f", str(VERTEX_VALUES)],
+}
 
 Manifest = dict[str, Any]
 
@@ -77,7 +82,14 @@ def test_dockerfile_pinned_base_non_root_user_and_entrypoint(
 ) -> None:
     parser = DockerfileParser(path=str(DOCKER / dockerfile))
     instructions = [(i["instruction"], i["value"]) for i in parser.structure]
+    stages = {
+        value.split()[-1].lower()
+        for instruction, value in instructions
+        if instruction == "FROM" and " as " in value.lower()
+    }
     for image in parser.parent_images:
+        if image.lower() in stages:
+            continue  # an earlier stage of this Dockerfile
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest" and "/" not in tag, f"unpinned base {image}"
         assert any(ch.isdigit() for ch in tag), f"base image tag is not a version: {image}"
@@ -107,7 +119,16 @@ def test_trainer_image_is_the_matching_tfx_with_the_lock() -> None:
     assert "tfx==1.16.0" in lock
     assert parser.envs["TF_USE_LEGACY_KERAS"] == "1"
     text = (DOCKER / "trainer.Dockerfile").read_text()
-    assert "requirements-py310.lock tensorflow-recommenders scann" in text
+    assert "requirements-py310.lock tensorflow-recommenders scann kfp-pipeline-spec" in text
+
+
+def test_the_vertex_scheduler_target_carries_the_trainer_runtime() -> None:
+    parser = DockerfileParser(path=str(DOCKER / "services.Dockerfile"))
+    froms = [i["value"] for i in parser.structure if i["instruction"] == "FROM"]
+    assert froms[-1] == "runtime AS scheduler-vertex"
+    assert parser.envs["CAIRN_TRAINER_RUNTIME_DIR"] == "/opt/cairn-trainer-runtime"
+    runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
+    assert "uv python install 3.10" in runs and "cairn trainer-env" in runs
 
 
 # --- The chart -----------------------------------------------------------------------------
@@ -345,10 +366,20 @@ def test_configuration_points_at_the_services_and_secrets_come_from_a_secret(
     assert data["CAIRN_LOGPROXY_PORT"] == "50054"
     assert data["CAIRN_LOGPROXY_METRICS_PORT"] == "9104"
     assert data["CAIRN_GATEWAY_URL"] == "http://cairn-gateway:8080"
-    # Training runs as Kubernetes Jobs in the release's namespace, with the trainer image.
-    assert data["CAIRN_SCHEDULER_LAUNCHER"] == "kubernetes"
-    assert data["CAIRN_SCHEDULER_K8S_NAMESPACE"] == "cairn"
-    assert data["CAIRN_SCHEDULER_K8S_IMAGE"].startswith("ghcr.io/cairn-ml/cairn-trainer:")
+    if values == "vertex":
+        # Training runs as Vertex AI PipelineJobs, each task in the trainer image.
+        assert data["CAIRN_SCHEDULER_LAUNCHER"] == "vertex"
+        assert data["CAIRN_SCHEDULER_VERTEX_PROJECT"] == "my-project"
+        assert data["CAIRN_SCHEDULER_VERTEX_LOCATION"] == "europe-west4"
+        assert data["CAIRN_SCHEDULER_VERTEX_PIPELINE_ROOT"] == "gs://my-project-cairn/pipelines"
+        assert data["CAIRN_SCHEDULER_VERTEX_IMAGE"].endswith("/cairn-trainer:0.1.0")
+        assert "CAIRN_SCHEDULER_K8S_NAMESPACE" not in data
+    else:
+        # Training runs as Kubernetes Jobs in the release's namespace, with the trainer image.
+        assert data["CAIRN_SCHEDULER_LAUNCHER"] == "kubernetes"
+        assert data["CAIRN_SCHEDULER_K8S_NAMESPACE"] == "cairn"
+        assert data["CAIRN_SCHEDULER_K8S_IMAGE"].startswith("ghcr.io/cairn-ml/cairn-trainer:")
+        assert "CAIRN_SCHEDULER_VERTEX_PROJECT" not in data
     sensitive = {
         "CAIRN_DATABASE_URL",
         "CAIRN_AUTH_TOKENS",
@@ -449,3 +480,22 @@ def test_plain_manifests_are_the_default_rendering() -> None:
     expected = module.render(deploy_tools.helm())
     current = (ROOT / "deploy" / "manifests" / "cairn.yaml").read_text()
     assert current == expected, "deploy/manifests is stale: run scripts/render_manifests.py"
+
+
+def test_the_vertex_scheduler_runs_the_image_with_the_trainer_runtime() -> None:
+    deployments = {component(o): o for o in objects("vertex", "Deployment").values()}
+    images = {
+        name: deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        for name, deployment in deployments.items()
+    }
+    assert images["scheduler"] == images["tracker"] + "-vertex"
+    (config,) = objects("full", "ConfigMap").values()
+    assert config["data"]["CAIRN_SCHEDULER_K8S_RESULTS_URI"] == "gs://cairn-results/jobs"
+
+
+def test_the_vertex_launcher_needs_its_project_and_pipeline_root() -> None:
+    result = helm(
+        "template", "cairn", str(CHART), "--set", "scheduler.launcher=vertex", check=False
+    )
+    assert result.returncode != 0
+    assert "scheduler.vertex.project is required" in result.stderr

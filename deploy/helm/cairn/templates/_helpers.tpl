@@ -149,7 +149,7 @@ spec:
       terminationGracePeriodSeconds: {{ add $root.Values.drainDelaySeconds $root.Values.shutdownGraceSeconds 10 }}
       containers:
         - name: {{ .component }}
-          image: {{ include "cairn.image" $root }}
+          image: {{ .image | default (include "cairn.image" $root) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: ["serve", {{ .component | quote }}]
           envFrom:
