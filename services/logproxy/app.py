@@ -3,6 +3,7 @@ each job's logs are) and the servicer. Stateless: no database."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -16,18 +17,27 @@ from services.logproxy.service import LogProxyService
 from services.logproxy.servicer import LogProxyServicer
 
 if TYPE_CHECKING:
+    from services.logproxy.sources.cloud_logging import CloudLogs
     from services.logproxy.sources.kubernetes import KubernetesLogs
 
 SERVICE: Final = "logproxy"
 GRPC_SERVICE_NAME = logproxy_service_pb2.DESCRIPTOR.services_by_name["LogProxyService"].full_name
 
 
-def build_spec(settings: Settings, *, kubernetes_api: Any | None = None) -> ServiceSpec:
+def build_spec(
+    settings: Settings,
+    *,
+    kubernetes_api: Any | None = None,
+    cloud_logging_channel: Callable[[], grpc.aio.Channel] | None = None,
+) -> ServiceSpec:
     """The log proxy as a ServiceSpec. Pod logs are read with the scheduler's cluster
     configuration (its kubeconfig and context; none: the in-cluster service account), or
     through `kubernetes_api` (a kubernetes.client.ApiClient: tests point it at a fake API
-    server)."""
+    server). Cloud Logging is read at logging.googleapis.com with Application Default
+    Credentials, or over the channel `cloud_logging_channel` makes (tests: to a local
+    server; it is called in the server's event loop, to which an aio channel is bound)."""
     servicer: LogProxyServicer | None = None
+    service: LogProxyService | None = None
     channel: grpc.aio.Channel | None = None
 
     def pod_logs() -> KubernetesLogs:
@@ -42,14 +52,24 @@ def build_spec(settings: Settings, *, kubernetes_api: Any | None = None) -> Serv
             request_timeout_seconds=settings.backend_timeout_seconds,
         )
 
+    async def cloud_logs() -> CloudLogs:
+        # Imported here: google-cloud-logging (the gcp extra) is only needed for Vertex AI.
+        from services.logproxy.sources.cloud_logging import CloudLogs
+
+        return await CloudLogs.connect(
+            cloud_logging_channel() if cloud_logging_channel is not None else None,
+            request_timeout_seconds=settings.backend_timeout_seconds,
+        )
+
     async def start() -> None:
-        nonlocal servicer, channel
+        nonlocal servicer, service, channel
         channel = open_channel(settings.backend_address("scheduler"))
         service = LogProxyService(
             channel,
             settings.backend_timeout_seconds,
             PageTokenCodec(settings.page_token_secret),
             kubernetes=pod_logs,
+            cloud_logging=cloud_logs,
         )
         servicer = LogProxyServicer(service, settings.backend_timeout_seconds)
 
@@ -60,6 +80,8 @@ def build_spec(settings: Settings, *, kubernetes_api: Any | None = None) -> Serv
         )
 
     async def stop() -> None:
+        if service is not None:
+            await service.close()
         if channel is not None:
             await channel.close(grace=None)
 

@@ -1,13 +1,16 @@
 """The log proxy's domain: find where a job's logs are (the scheduler says), read them from
 that source, filter (component, severity, since), page newest first, or tail and follow.
 
-Sources: "file" (the local launcher's log files, sources/files.py) and "kubernetes" (the
-pods of the Kubernetes launcher's Jobs, sources/kubernetes.py; the kubernetes client is only
-imported when a job's logs are there).
+Sources: "file" (the local launcher's log files, sources/files.py), "kubernetes" (the
+pods of the Kubernetes launcher's Jobs, sources/kubernetes.py) and "cloud_logging" (Vertex
+AI pipeline jobs' entries in Cloud Logging, sources/cloud_logging.py). The kubernetes and
+google-cloud-logging clients are only imported when a job's logs are there.
 
 Page tokens carry the position of the last entry returned (a byte offset in a file; a pod
-and line number in pod logs): positions only grow as the log grows, so a page is stable
-while the job keeps writing.
+and line number in pod logs; a Cloud Logging entry's exact time and insert_ids): positions
+only move back in time as pages go on, so a page is stable while the job keeps writing.
+Files and pod logs are read and filtered here; Cloud Logging is asked for the page itself
+(the job's filter AND severity and time terms), newest first.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from services.logproxy.sources import LogRecord
 from services.logproxy.sources.files import follow_records, read_log
 
 if TYPE_CHECKING:
+    from services.logproxy.sources.cloud_logging import CloudLogs, LogQuery
     from services.logproxy.sources.kubernetes import KubernetesLogs
 
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
@@ -38,7 +42,7 @@ DEFAULT_TAIL = 100
 MAX_TAIL = 10_000
 # How often a follower asks the scheduler whether the job has ended.
 JOB_POLL_SECONDS = 2.0
-SOURCES = ("file", "kubernetes")
+SOURCES = ("file", "kubernetes", "cloud_logging")
 
 Finished = Callable[[], Awaitable[bool]]
 # Continues reading a source where a read of it ended, until `finished()`.
@@ -79,14 +83,23 @@ class LogProxyService:
         tokens: PageTokenCodec,
         *,
         kubernetes: Callable[[], KubernetesLogs] | None = None,
+        cloud_logging: Callable[[], Awaitable[CloudLogs]] | None = None,
     ) -> None:
-        """`kubernetes` makes the reader of pod logs (on first use: it needs the kubernetes
-        client and a cluster configuration only when a job's logs are in pods)."""
+        """`kubernetes` makes the reader of pod logs, `cloud_logging` the reader of Cloud
+        Logging (each on first use: the client libraries and their credentials are only
+        needed when a job's logs are there)."""
         self._scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self._tokens = tokens
         self._make_kubernetes = kubernetes
         self._kubernetes: KubernetesLogs | None = None
+        self._make_cloud_logging = cloud_logging
+        self._cloud_logging: CloudLogs | None = None
+        self._cloud_logging_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._cloud_logging is not None:
+            await self._cloud_logging.close()
 
     async def _job(self, name: str, options: CallOptions) -> job_pb2.Job:
         if not name.startswith("jobs/"):
@@ -131,6 +144,27 @@ class LogProxyService:
                 ) from None
         return self._kubernetes
 
+    async def _cloud_logs(self) -> CloudLogs:
+        async with self._cloud_logging_lock:
+            if self._cloud_logging is None:
+                try:
+                    if self._make_cloud_logging is None:
+                        raise RuntimeError("no Cloud Logging access was configured")
+                    self._cloud_logging = await self._make_cloud_logging()
+                except Exception as error:  # no client (the gcp extra), no credentials
+                    raise FailedPrecondition(
+                        f"this log proxy cannot read Cloud Logging: {error}",
+                        reason="NO_CLOUD_LOGGING_ACCESS",
+                    ) from None
+            return self._cloud_logging
+
+    @staticmethod
+    def _log_query(job: job_pb2.Job) -> LogQuery:
+        from services.logproxy.sources.cloud_logging import LogQuery
+
+        created = job.create_time.ToDatetime(tzinfo=dt.UTC) if job.HasField("create_time") else None
+        return LogQuery.of(job.log_source.attributes, created)
+
     async def _read(self, job: job_pb2.Job) -> tuple[list[LogRecord], Follow]:
         """The job's records, oldest first, and how to follow its log from there."""
         attributes = job.log_source.attributes
@@ -154,7 +188,8 @@ class LogProxyService:
         options: CallOptions,
     ) -> tuple[list[log_entry_pb2.LogEntry], str]:
         job = await self._job(name, options)
-        self._source(job)
+        if self._source(job) == "cloud_logging":
+            return await self._list_cloud_logs(job, wanted, page_size, page_token)
         query = self._tokens.fingerprint("logs", name, wanted.component, wanted.min_severity)
         before = self._tokens.decode(page_token, query)[0] if page_token else None
         size = coerce_page_size(page_size)
@@ -170,6 +205,23 @@ class LogProxyService:
             token = self._tokens.encode([page[-1].position], query)
         return [r.to_proto() for r in page], token
 
+    async def _list_cloud_logs(
+        self, job: job_pb2.Job, wanted: Filters, page_size: int, page_token: str
+    ) -> tuple[list[log_entry_pb2.LogEntry], str]:
+        """A page read from Cloud Logging itself; the token carries its cursor."""
+        logs = await self._cloud_logs()  # first: it says when the client is missing
+        from services.logproxy.sources.cloud_logging import Cursor
+
+        query = self._tokens.fingerprint(
+            "cloud_logging", job.name, wanted.component, wanted.min_severity, wanted.since
+        )
+        cursor = Cursor.of(self._tokens.decode(page_token, query)) if page_token else None
+        size = coerce_page_size(page_size)
+        where = self._log_query(job)
+        records, after = await logs.page(where, wanted, size, cursor)
+        token = self._tokens.encode(after.position(), query) if after is not None else ""
+        return [r.to_proto() for r in records], token
+
     async def tail_logs(
         self,
         name: str,
@@ -182,11 +234,6 @@ class LogProxyService:
         if not 0 <= limit <= MAX_TAIL:
             raise InvalidArgument(f"limit must be 0-{MAX_TAIL}", field="limit")
         job = await self._job(name, options)
-        records, follow_from = await self._read(job)
-        for record in _last(records, wanted, limit or DEFAULT_TAIL):
-            yield record.to_proto()
-        if not follow or job.state in TERMINAL:
-            return
         checked = [0.0, job.state in TERMINAL]
 
         async def finished() -> bool:
@@ -199,6 +246,20 @@ class LogProxyService:
                 checked[1] = current.state in TERMINAL
             return bool(checked[1])
 
+        if self._source(job) == "cloud_logging":
+            logs = await self._cloud_logs()
+            where = self._log_query(job)
+            following = follow and job.state not in TERMINAL
+            async for record in logs.tail(
+                where, wanted, limit or DEFAULT_TAIL, following, finished
+            ):
+                yield record.to_proto()
+            return
+        records, follow_from = await self._read(job)
+        for record in _last(records, wanted, limit or DEFAULT_TAIL):
+            yield record.to_proto()
+        if not follow or job.state in TERMINAL:
+            return
         async for record in follow_from(finished):
             if wanted.keep(record):
                 yield record.to_proto()

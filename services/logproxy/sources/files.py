@@ -53,6 +53,12 @@ def _parse_time(text: str) -> dt.datetime | None:
         return None
 
 
+def has_header(line: str) -> bool:
+    """Whether a line starts a record: a time and a level, as the trainer's logging (or
+    TensorFlow's) writes them."""
+    return _HEADER.match(line) is not None
+
+
 class RecordParser:
     """Lines in, records out; keeps the current component and the record being built.
     Shared by the sources: the file source feeds a log file's lines, the Kubernetes source
