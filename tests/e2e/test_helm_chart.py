@@ -489,6 +489,16 @@ def test_the_vertex_scheduler_runs_the_image_with_the_trainer_runtime() -> None:
         for name, deployment in deployments.items()
     }
     assert images["scheduler"] == images["tracker"] + "-vertex"
+    # Workload Identity: the scheduler and the log proxy act as Google service accounts.
+    accounts = objects("vertex", "ServiceAccount")
+    annotation = "iam.gke.io/gcp-service-account"
+    assert accounts["cairn-scheduler"]["metadata"]["annotations"][annotation].startswith(
+        "cairn-scheduler@"
+    )
+    assert accounts["cairn-logproxy"]["metadata"]["annotations"][annotation].startswith(
+        "cairn-logs@"
+    )
+    assert "annotations" not in objects("default", "ServiceAccount")["cairn-scheduler"]["metadata"]
     (config,) = objects("full", "ConfigMap").values()
     assert config["data"]["CAIRN_SCHEDULER_K8S_RESULTS_URI"] == "gs://cairn-results/jobs"
 
