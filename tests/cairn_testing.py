@@ -7,9 +7,11 @@ real gRPC stubs or the SDK, exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -28,8 +30,10 @@ from cairn.common.v1 import lineage_pb2
 from cairn.scheduler.v1 import (
     dataset_pb2,
     feature_config_pb2,
+    job_pb2,
     model_config_pb2,
     scheduler_service_pb2,
+    scheduler_service_pb2_grpc,
 )
 from cairn.tracker.v1 import (
     artifact_pb2,
@@ -417,3 +421,55 @@ def make_configs(scheduler: Any, csv: Path) -> dict[str, str]:
         )
     )
     return {"dataset": dataset.name, "features": features.name, "model": model.name}
+
+
+class SchedulerClients:
+    """Clients of a ServerThread's scheduler and tracker (what test_scheduler_jobs' helpers
+    need of a stack: .scheduler and .tracker)."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.channels = [
+            grpc.insecure_channel(server.address("scheduler")),
+            grpc.insecure_channel(server.address("tracker")),
+        ]
+        self.scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channels[0])
+        self.tracker = tracker_service_pb2_grpc.TrackerServiceStub(self.channels[1])
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+@contextmanager
+def scheduler_with_launcher(
+    settings: Settings, launcher: Any, **updates: Any
+) -> Iterator[SchedulerClients]:
+    """A tracker and a scheduler whose reconcile loop runs `launcher` (settings `updates`
+    applied), with clients; stopped on exit."""
+    from services.scheduler import app as scheduler_app
+
+    server = ServerThread(
+        settings.model_copy(update=updates),
+        ("tracker", "scheduler"),
+        specs={"scheduler": functools.partial(scheduler_app.build_spec, launcher=launcher)},
+    ).start()
+    clients = SchedulerClients(server)
+    try:
+        yield clients
+    finally:
+        clients.close()
+        server.stop()
+
+
+def wait_job(
+    scheduler: Any, job: job_pb2.Job, done: Callable[[job_pb2.Job], bool], timeout: float = 30
+) -> job_pb2.Job:
+    """Polls the job until `done(job)`; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current: job_pb2.Job = scheduler.GetJob(scheduler_service_pb2.GetJobRequest(name=job.name))
+        if done(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job never reached the expected state: {current}")
+        time.sleep(0.05)

@@ -11,21 +11,18 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from k8s_api import FakeKubernetes
 from kubernetes import client
 from test_scheduler_jobs import get_run, history, in_state, make_configs, submit
 
-from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
-from cairn.tracker.v1 import run_pb2, tracker_service_pb2_grpc
+from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cairn.tracker.v1 import run_pb2
 from services.common.gcs import storage_client
 from services.common.settings import Settings
-from services.scheduler import app as scheduler_app
 from services.scheduler.launchers import MACHINE_TYPES, LaunchSpec, LogLocation
 from services.scheduler.launchers.kubernetes import (
     KubernetesLauncher,
@@ -35,7 +32,7 @@ from services.scheduler.launchers.kubernetes import (
 )
 
 from artifact_emulators import Emulator
-from cairn_testing import ServerThread
+from cairn_testing import scheduler_with_launcher, wait_job
 
 NAMESPACE = "ml"
 IMAGE = "registry.example/cairn-trainer:1.2.3"
@@ -356,52 +353,13 @@ def test_launcher_watch_calls_back_with_job_ids(cluster: FakeKubernetes) -> None
 # ---------------------------------------------------------------------- the real scheduler
 
 
-def wait_job(
-    scheduler: scheduler_service_pb2_grpc.SchedulerServiceStub,
-    job: job_pb2.Job,
-    done: Any,
-    timeout: float = 30,
-) -> job_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = scheduler.GetJob(scheduler_service_pb2.GetJobRequest(name=job.name))
-        if done(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job never reached the expected state: {current}")
-        time.sleep(0.05)
-
-
-class _Stack:
-    """What test_scheduler_jobs' helpers need of a stack: .scheduler and .tracker."""
-
-    def __init__(self, server: ServerThread) -> None:
-        self.channels = [
-            grpc.insecure_channel(server.address("scheduler")),
-            grpc.insecure_channel(server.address("tracker")),
-        ]
-        self.scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channels[0])
-        self.tracker = tracker_service_pb2_grpc.TrackerServiceStub(self.channels[1])
-
-    def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-
-
 def test_the_scheduler_runs_jobs_as_kubernetes_jobs(
     cluster: FakeKubernetes, settings: Settings, sample_csv: Path
 ) -> None:
     launcher = make_launcher(cluster)
-    settings = settings.model_copy(
-        update={"scheduler_poll_seconds": 0.1, "scheduler_max_running_jobs": 2}
-    )
-    server = ServerThread(
-        settings,
-        ("tracker", "scheduler"),
-        specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
-    ).start()
-    stack = _Stack(server)
-    try:
+    with scheduler_with_launcher(
+        settings, launcher, scheduler_poll_seconds=0.1, scheduler_max_running_jobs=2
+    ) as stack:
         configs = make_configs(stack.scheduler, sample_csv)
         job = submit(stack, configs, 10, hardware_tier=job_pb2.HARDWARE_TIER_MEDIUM)
         running = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING))
@@ -431,9 +389,6 @@ def test_the_scheduler_runs_jobs_as_kubernetes_jobs(
         assert history(cancelled)[-2:] == ["CANCELLING", "CANCELLED"]
         assert ("jobs", NAMESPACE, other_name, "Foreground") in cluster.deletions
         assert get_run(stack, cancelled).status == run_pb2.RUN_STATUS_KILLED
-    finally:
-        stack.close()
-        server.stop()
 
 
 def test_the_watch_wakes_the_scheduler_up_when_a_job_ends(
@@ -442,14 +397,7 @@ def test_the_watch_wakes_the_scheduler_up_when_a_job_ends(
     """With polls 300 s apart, only the launcher's watch can make the scheduler see the
     Job's end within the wait below."""
     launcher = make_launcher(cluster)
-    settings = settings.model_copy(update={"scheduler_poll_seconds": 300.0})
-    server = ServerThread(
-        settings,
-        ("tracker", "scheduler"),
-        specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
-    ).start()
-    stack = _Stack(server)
-    try:
+    with scheduler_with_launcher(settings, launcher, scheduler_poll_seconds=300.0) as stack:
         configs = make_configs(stack.scheduler, sample_csv)
         job = submit(stack, configs, 10)
         # Creating the job wakes the loop (a service change), which launches it.
@@ -462,9 +410,6 @@ def test_the_watch_wakes_the_scheduler_up_when_a_job_ends(
         cluster.succeed_job(name, NAMESPACE)
         done = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_SUCCEEDED), timeout=60)
         assert history(done)[-1] == "SUCCEEDED"
-    finally:
-        stack.close()
-        server.stop()
 
 
 def test_results_travel_through_cloud_storage(

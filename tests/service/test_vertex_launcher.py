@@ -11,9 +11,7 @@ same shape, so these tests stay fast."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,15 @@ from google.cloud.aiplatform_v1.services.pipeline_service.transports import (
 from test_scheduler_jobs import get_run, history, in_state, submit
 from vertex_api import FakeVertex, State, TaskState
 
-from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
-from cairn.tracker.v1 import run_pb2, tracker_service_pb2, tracker_service_pb2_grpc
+from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cairn.tracker.v1 import run_pb2, tracker_service_pb2
 from services.common.gcs import storage_client
 from services.common.settings import Settings
-from services.scheduler import app as scheduler_app
 from services.scheduler.launchers import MACHINE_TYPES, LaunchSpec, LogLocation
 from services.scheduler.launchers.vertex import VertexLauncher, VertexLaunchError, pipeline_job_id
 
 from artifact_emulators import Emulator
-from cairn_testing import ServerThread, make_configs
+from cairn_testing import make_configs, scheduler_with_launcher, wait_job
 
 PROJECT = "cairn-test"
 LOCATION = "europe-west4"
@@ -332,46 +329,13 @@ def test_results_are_downloaded_from_the_job_root(
     assert (results / "outputs/serving_model/saved_model.pb").read_bytes() == b"model bytes"
 
 
-class _Stack:
-    def __init__(self, server: ServerThread) -> None:
-        self.channels = [
-            grpc.insecure_channel(server.address("scheduler")),
-            grpc.insecure_channel(server.address("tracker")),
-        ]
-        self.scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channels[0])
-        self.tracker = tracker_service_pb2_grpc.TrackerServiceStub(self.channels[1])
-
-    def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-
-
-def wait_job(
-    scheduler: Any, job: job_pb2.Job, done: Callable[[job_pb2.Job], bool], timeout: float = 30
-) -> job_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        current: job_pb2.Job = scheduler.GetJob(scheduler_service_pb2.GetJobRequest(name=job.name))
-        if done(current):
-            return current
-        assert time.monotonic() < deadline, f"job never got there: {current}"
-        time.sleep(0.05)
-
-
 def test_the_scheduler_runs_jobs_as_vertex_pipeline_jobs(
     vertex: FakeVertex, settings: Settings, sample_csv: Path, gcs_emulator: Emulator
 ) -> None:
     launcher = make_launcher(vertex, gcs_emulator.bucket)
-    settings = settings.model_copy(
-        update={"scheduler_poll_seconds": 0.1, "scheduler_max_running_jobs": 2}
-    )
-    server = ServerThread(
-        settings,
-        ("tracker", "scheduler"),
-        specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
-    ).start()
-    stack = _Stack(server)
-    try:
+    with scheduler_with_launcher(
+        settings, launcher, scheduler_poll_seconds=0.1, scheduler_max_running_jobs=2
+    ) as stack:
         configs = make_configs(stack.scheduler, sample_csv)
         job = submit(stack, configs, 10, hardware_tier=job_pb2.HARDWARE_TIER_MEDIUM)
         running = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING))
@@ -431,6 +395,3 @@ def test_the_scheduler_runs_jobs_as_vertex_pipeline_jobs(
         cancelled = wait_job(stack.scheduler, other, in_state(job_pb2.JOB_STATE_CANCELLED))
         assert history(cancelled)[-2:] == ["CANCELLING", "CANCELLED"]
         assert get_run(stack, cancelled).status == run_pb2.RUN_STATUS_KILLED
-    finally:
-        stack.close()
-        server.stop()
