@@ -94,6 +94,13 @@ def run_job(spec: Spec) -> None:
 
     run_pipeline(spec, paths)
     manifest = write_outputs(paths)
+    if spec.results_uri:
+        # The scheduler cannot read this pod's disk (the Kubernetes launcher with a results
+        # URI): the outputs, the history and the progress go to Cloud Storage.
+        from cairn_trainer.remote import upload_results
+
+        uploaded = upload_results(paths, spec.results_uri)
+        logger.info("uploaded %d result files to %s", uploaded, spec.results_uri)
     progress.event(
         "Evaluation",
         100.0,

@@ -87,6 +87,8 @@ def compile_for_vertex(spec: Spec, *, pipeline_root: str, image: str) -> dict[st
     client = _storage_client()
     for split in ("train", "test"):
         upload_tree(os.path.join(paths.data, split), f"{root}/data/{split}", client)
+        # Uploaded: the scheduler's disk keeps no copy (jobs would pile them up).
+        shutil.rmtree(os.path.join(paths.data, split), ignore_errors=True)
 
     remote = parse_spec({**spec.raw, "work_dir": REMOTE_WORK_DIR, "results_uri": f"{root}/results"})
     # TFX and TensorFlow load only now, so a bad spec or dataset fails in a second.
@@ -119,15 +121,25 @@ def finish_remote(spec: Spec, schema_path: str) -> int:
 
     paths = JobPaths(spec.work_dir)
     os.makedirs(paths.outputs, exist_ok=True)
-    if schema_path and os.path.exists(schema_path):
-        shutil.copyfile(schema_path, paths.output("schema.pbtxt"))
+    if schema_path:
+        # On Vertex AI the schema is on gs://; tf.io.gfile reads both (TF is loaded: this
+        # runs inside the Trainer's run_fn).
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(schema_path):
+            tf.io.gfile.copy(schema_path, paths.output("schema.pbtxt"), overwrite=True)
     write_manifest(paths)
+    return upload_results(paths, spec.results_uri)
+
+
+def upload_results(paths: JobPaths, results_uri: str) -> int:
+    """outputs/, training_metrics.json and progress.jsonl to results_uri; how many files."""
     client = _storage_client()
-    count = upload_tree(paths.outputs, f"{spec.results_uri}/outputs", client)
+    count = upload_tree(paths.outputs, f"{results_uri}/outputs", client)
     for name in RESULT_FILES:
         path = os.path.join(paths.work_dir, name)
         if os.path.exists(path):
-            upload_file(path, f"{spec.results_uri}/{name}", client)
+            upload_file(path, f"{results_uri}/{name}", client)
             count += 1
     return count
 

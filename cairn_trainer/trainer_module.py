@@ -104,11 +104,26 @@ def _vocabularies(spec: Spec, tft_output: Any) -> tuple[dict[str, str], dict[str
     return files, sizes
 
 
+def copy_tree(source: str, target: str) -> None:
+    """A local directory to `target`, replacing it: a local path or a gs:// URI."""
+    if tf.io.gfile.exists(target):
+        tf.io.gfile.rmtree(target)
+    for directory, _, files in tf.io.gfile.walk(source):
+        relative = os.path.relpath(directory, source)
+        destination = target if relative == "." else f"{target.rstrip('/')}/{relative}"
+        tf.io.gfile.makedirs(destination)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), f"{destination}/{name}", overwrite=True)
+
+
 def run_fn(fn_args: Any) -> None:
     spec = parse_spec(fn_args.custom_config["spec"])
     paths = JobPaths(spec.work_dir)
     epochs = spec.training.epochs
-    progress = ProgressLog.from_env() or ProgressLog(paths.progress, epochs)
+    # Set by `cairn_trainer run` (the whole pipeline in this process); absent when an
+    # orchestrator (Vertex AI) runs this component in a container of its own.
+    under_cli = ProgressLog.from_env()
+    progress = under_cli or ProgressLog(paths.progress, epochs)
     tf.keras.utils.set_random_seed(spec.split.seed)
 
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
@@ -190,11 +205,12 @@ def run_fn(fn_args: Any) -> None:
         serving.export_ranking(model, tft_output, columns, serving_dir)
     # TFX's own Model artifact gets the same SavedModel, so its lineage in ML Metadata is
     # real (a Pusher or an InfraValidator could consume it).
-    shutil.rmtree(fn_args.serving_model_dir, ignore_errors=True)
-    shutil.copytree(serving_dir, fn_args.serving_model_dir)
-    if spec.results_uri:
+    # On Vertex AI that directory is on gs://: tf.io.gfile speaks both.
+    copy_tree(serving_dir, fn_args.serving_model_dir)
+    if spec.results_uri and under_cli is None:
         # On Vertex AI nobody else can read this container's disk: the job's files go to
-        # Cloud Storage, where the scheduler collects them (cairn_trainer.remote).
+        # Cloud Storage, where the scheduler collects them (cairn_trainer.remote). Under the
+        # CLI (a Kubernetes pod) the CLI uploads them once the outputs are complete.
         from cairn_trainer.remote import finish_remote
 
         uploaded = finish_remote(spec, getattr(fn_args, "schema_path", "") or "")

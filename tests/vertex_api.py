@@ -50,6 +50,9 @@ class FakeVertex:
         self.address = ""
         # The next call of a method fails with this code (a test of error handling).
         self.fail_next: dict[str, grpc.StatusCode] = {}
+        # The next create is carried out, then answered with this code (a timeout the
+        # client sees although the job exists).
+        self.fail_after_create: grpc.StatusCode | None = None
 
     # ------------------------------------------------------------------ server
 
@@ -133,7 +136,10 @@ class FakeVertex:
             job.state = State.PIPELINE_STATE_PENDING
             job.create_time = _now()
             self.jobs[name] = job
-            return pipeline_job_types.PipelineJob(job)
+        if self.fail_after_create is not None:
+            code, self.fail_after_create = self.fail_after_create, None
+            context.abort(code, "created, but the answer was lost")
+        return pipeline_job_types.PipelineJob(job)
 
     def _get(
         self, request: pipeline_service.GetPipelineJobRequest, context: grpc.ServicerContext

@@ -88,6 +88,9 @@ def trainer_env(rebuild: bool, print_path: bool, as_json: bool) -> None:
                 status.update(Text(f"pip: {described}"))
 
         runtime = ensure_trainer_runtime(step, pip_output=pip_line, rebuild=rebuild)
+    # Also lays out the trainer's PYTHONPATH (a link, when Cairn is installed into
+    # site-packages), so a runtime baked into a read-only image never needs to write.
+    runtime.env()
     if print_path:
         click.echo(str(runtime.root))
         return

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 TRAINING_METRICS_FILE = "training_metrics.json"
 OUTPUTS_DIR = "outputs"
 MANIFEST_FILE = "manifest.json"
+# Pauses between attempts to collect a finished workload's results (the last: give up).
+RESULTS_RETRY_SECONDS = (2.0, 5.0, 0.0)
 _TERMINAL_OF_PHASE = {"succeeded": "SUCCEEDED", "failed": "FAILED", "lost": "FAILED"}
 
 
@@ -336,9 +338,9 @@ class Reconciler:
         unreachable leaves the job as it is (the next pass retries: every step is
         idempotent); a run that can no longer take them (deleted meanwhile) is noted and
         skipped, so the job still ends."""
-        results = await self._blocking(self.launcher.results_dir, handle)
-        history = await self._blocking(_read_json, results / TRAINING_METRICS_FILE)
         notes: list[str] = []
+        results = await self._results(row, handle, notes)
+        history = await self._blocking(_read_json, results / TRAINING_METRICS_FILE)
         final_metrics: dict[str, float] = {}
         if history is not None:
             final_metrics = {
@@ -371,6 +373,28 @@ class Reconciler:
         forget = getattr(self.launcher, "forget", None)
         if forget is not None:
             forget(handle)
+
+    async def _results(self, row: JobRow, handle: Handle, notes: list[str]) -> Path:
+        """Where the workload's files are. A remote launcher downloads them first (from
+        Cloud Storage); a download that keeps failing (no access, the bucket is gone) is
+        retried a few times, then the job ends without them and says why, instead of
+        finalizing again and again."""
+        for attempt, pause in enumerate(RESULTS_RETRY_SECONDS, start=1):
+            try:
+                results: Path = await self._blocking(self.launcher.results_dir, handle)
+                return results
+            except Exception as error:
+                log.warning(
+                    "job %s: could not collect the results (attempt %d): %s",
+                    row.job_id,
+                    attempt,
+                    error,
+                )
+                if attempt == len(RESULTS_RETRY_SECONDS):
+                    notes.append(f"could not collect the results: {_first_line(error)}")
+                    return self._work_dir(row) / "results-unavailable"
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def _ingest(self, row: JobRow, history: dict[str, Any]) -> None:
         batches = _history_batches(row.job_id, history)

@@ -27,6 +27,7 @@ from vertex_api import FakeVertex, State, TaskState
 
 from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2
 from cairn.tracker.v1 import run_pb2, tracker_service_pb2
+from services.common.clients import RETRYABLE_CODES, BackendError
 from services.common.gcs import storage_client
 from services.common.settings import Settings
 from services.scheduler.launchers import MACHINE_TYPES, LaunchSpec, LogLocation
@@ -225,6 +226,8 @@ def test_a_failed_pipeline_reports_the_failed_task(vertex: FakeVertex, tmp_path:
     handle = launcher.launch(launch_spec("f1", tmp_path))
     name = handle["name"]
     vertex.run(name)
+    # Vertex lists the root DAG as a task too, failed with the pipeline.
+    vertex.task(name, "cairn-f1", TaskState.FAILED, error="some tasks failed")
     vertex.task(name, "CsvExampleGen", TaskState.SUCCEEDED)
     vertex.task(name, "StatisticsGen", TaskState.FAILED, error="out of memory")
     vertex.fail(name, "The DAG failed because some tasks failed.")
@@ -274,6 +277,30 @@ def test_api_errors_reach_the_caller(vertex: FakeVertex, tmp_path: Path) -> None
     assert not vertex.jobs
 
 
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_a_create_whose_answer_was_lost_is_retried_without_a_second_job(
+    vertex: FakeVertex, tmp_path: Path, code: grpc.StatusCode
+) -> None:
+    """Vertex created the job but the answer never came: the launch is postponed (a
+    retryable error), and the next one adopts that job instead of creating another."""
+    compiles = Compiles()
+    launcher = make_launcher(vertex, compiler=compiles)
+    vertex.fail_after_create = code
+    with pytest.raises(BackendError) as raised:
+        launcher.launch(launch_spec("lost", tmp_path))
+    assert raised.value.code in RETRYABLE_CODES
+    handle = launcher.launch(launch_spec("lost", tmp_path))
+    assert handle["name"] == resource("lost") and len(vertex.jobs) == 1
+    assert len(compiles.calls) == 1
+
+
+def test_a_create_refused_for_good_fails_the_launch(vertex: FakeVertex, tmp_path: Path) -> None:
+    vertex.fail_next["CreatePipelineJob"] = grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(google_errors.InvalidArgument):
+        make_launcher(vertex).launch(launch_spec("bad", tmp_path))
+    assert not vertex.jobs
+
+
 def test_a_pipeline_without_a_trainer_is_refused(vertex: FakeVertex, tmp_path: Path) -> None:
     def broken(spec: LaunchSpec, root: str) -> dict[str, Any]:
         document = pipeline_document(spec.job_id)
@@ -316,6 +343,9 @@ def test_results_are_downloaded_from_the_job_root(
             "outputs/serving_model/saved_model.pb": b"model bytes",
         },
     )
+    # Names that would land outside the results directory are skipped (this emulator
+    # refuses ".." segments itself; Cloud Storage allows them, and they are skipped too).
+    upload_results(gcs_emulator, "r1", {"/escaped.txt": b"no", "a//b.txt": b"no"})
     # Another job's results under a similar prefix are not this job's.
     upload_results(gcs_emulator, "r10", {"training_metrics.json": b"{}"})
     results = launcher.results_dir(handle)
@@ -327,6 +357,7 @@ def test_results_are_downloaded_from_the_job_root(
         "training_metrics.json",
     ]
     assert (results / "outputs/serving_model/saved_model.pb").read_bytes() == b"model bytes"
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/escaped.txt").exists()
 
 
 def test_the_scheduler_runs_jobs_as_vertex_pipeline_jobs(

@@ -432,7 +432,9 @@ def watch_jobs(
     resource_version: str | None = None
     while not stop.is_set():
         if resource_version is None:
-            listed = batch.list_namespaced_job(namespace, label_selector=label_selector)
+            listed = batch.list_namespaced_job(
+                namespace, label_selector=label_selector, _request_timeout=timeout_seconds
+            )
             resource_version = (listed.metadata or client.V1ListMeta()).resource_version or ""
             for job in listed.items:
                 yield "SYNC", job
@@ -445,6 +447,9 @@ def watch_jobs(
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout_seconds,
+                # The server ends the watch after timeout_seconds; a connection that went
+                # quiet without closing (a dead peer) ends on the client's side too.
+                _request_timeout=timeout_seconds + 30,
             ):
                 if event["type"] != "BOOKMARK":
                     yield str(event["type"]), event["object"]

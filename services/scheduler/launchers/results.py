@@ -40,10 +40,16 @@ def download_results(results_uri: str, work_dir: Path, client: Any | None = None
     count = 0
     for blob in client.list_blobs(bucket, prefix=prefix):
         relative = blob.name[len(prefix) :]
-        # Objects only (no "directory" placeholders), never outside the target.
-        if not relative or relative.endswith("/") or ".." in relative.split("/"):
+        parts = relative.split("/")
+        # Objects only (no "directory" placeholders), and never outside the target: an
+        # object name may hold "..", empty segments ("a//b", "/etc/x") or anything else.
+        if not relative or any(part in ("", ".", "..") for part in parts):
+            log.warning("skipped the result object %r: not a plain relative path", blob.name)
             continue
-        path = target / relative
+        path = target.joinpath(*parts)
+        if not path.resolve().is_relative_to(target.resolve()):
+            log.warning("skipped the result object %r: outside the results", blob.name)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(path))
         count += 1

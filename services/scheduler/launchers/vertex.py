@@ -34,6 +34,8 @@ from typing import Any
 
 from google.api_core import exceptions as google_errors
 
+from services.common.clients import BackendError
+from services.common.errors import StatusCode
 from services.common.gcs import storage_client
 from services.scheduler.launchers import Handle, LaunchSpec, LogLocation, WorkloadStatus
 from services.scheduler.launchers.local import SPEC_FILE, _write_json, default_runtime
@@ -73,6 +75,16 @@ RuntimeProvider = Callable[[], tuple[str, dict[str, str]]]
 
 class VertexLaunchError(RuntimeError):
     pass
+
+
+# Errors after which Vertex AI may well answer the same request: the launch is retried.
+_TRANSIENT = (
+    google_errors.ServiceUnavailable,
+    google_errors.DeadlineExceeded,
+    google_errors.InternalServerError,
+    google_errors.TooManyRequests,
+    google_errors.Aborted,
+)
 
 
 def pipeline_job_id(job_id: str) -> str:
@@ -144,6 +156,19 @@ class VertexLauncher:
     # ------------------------------------------------------------------ launch
 
     def launch(self, spec: LaunchSpec) -> Handle:
+        try:
+            return self._launch(spec)
+        except _TRANSIENT as error:
+            # The job stays SUBMITTING and the next pass launches again: it finds the
+            # PipelineJob by its id if this create reached Vertex after all, so a timeout
+            # never leaves a PipelineJob running behind a failed job, nor makes a second.
+            raise BackendError(
+                StatusCode.UNAVAILABLE,
+                f"Vertex AI did not answer ({type(error).__name__}): {error.message}",
+                reason="VERTEX_AI_UNAVAILABLE",
+            ) from error
+
+    def _launch(self, spec: LaunchSpec) -> Handle:
         existing = self.adopt(spec.job_id, spec.work_dir)
         if existing is not None:
             log.info("job %s already has a PipelineJob; adopting it", spec.job_id)
@@ -197,6 +222,11 @@ class VertexLauncher:
                 check=False,
             )
             log_file.write(done.stderr)
+        if done.returncode < 0:
+            raise VertexLaunchError(
+                f"compiling the pipeline was killed by signal {-done.returncode} (out of "
+                f"memory? see {log_path})"
+            )
         if done.returncode != 0:
             lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line]
             reason = lines[-1] if lines else f"exit code {done.returncode}"
@@ -272,8 +302,11 @@ class VertexLauncher:
         }
         done = [n for n in TASK_STAGES if tasks.get(n) in _DONE_TASK_STATES]
         running = [n for n in TASK_STAGES if tasks.get(n) in _RUNNING_TASK_STATES]
+        # Only the pipeline's components: Vertex also lists the root DAG as a task, FAILED too.
         failed_tasks = [
-            t for t in job.job_detail.task_details if t.state.name == "FAILED" and t.task_name
+            t
+            for t in job.job_detail.task_details
+            if t.state.name == "FAILED" and t.task_name in TASK_STAGES
         ]
         current = running[-1] if running else (done[-1] if done else "")
         stage = TASK_STAGES.get(current, "")
