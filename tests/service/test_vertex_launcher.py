@@ -30,6 +30,7 @@ from cairn.tracker.v1 import run_pb2, tracker_service_pb2
 from services.common.clients import RETRYABLE_CODES, BackendError
 from services.common.gcs import storage_client
 from services.common.settings import Settings
+from services.scheduler import reconciler
 from services.scheduler.launchers import MACHINE_TYPES, LaunchSpec, LogLocation
 from services.scheduler.launchers.vertex import VertexLauncher, VertexLaunchError, pipeline_job_id
 
@@ -426,3 +427,24 @@ def test_the_scheduler_runs_jobs_as_vertex_pipeline_jobs(
         cancelled = wait_job(stack.scheduler, other, in_state(job_pb2.JOB_STATE_CANCELLED))
         assert history(cancelled)[-2:] == ["CANCELLING", "CANCELLED"]
         assert get_run(stack, cancelled).status == run_pb2.RUN_STATUS_KILLED
+
+
+def test_results_that_cannot_be_collected_end_the_job_with_a_note(
+    vertex: FakeVertex,
+    settings: Settings,
+    sample_csv: Path,
+    gcs_emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A results bucket the scheduler cannot read (gone, or no access): a few attempts,
+    then the job ends and says why, instead of finalizing again and again."""
+    monkeypatch.setattr(reconciler, "RESULTS_RETRY_SECONDS", (0.1, 0.1, 0.0))
+    launcher = make_launcher(vertex, "no-such-bucket")
+    with scheduler_with_launcher(settings, launcher, scheduler_poll_seconds=0.1) as stack:
+        configs = make_configs(stack.scheduler, sample_csv)
+        job = submit(stack, configs, 10)
+        running = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING))
+        vertex.succeed(resource(running.job_id))
+        done = wait_job(stack.scheduler, job, in_state(job_pb2.JOB_STATE_SUCCEEDED))
+        assert "could not collect the results" in done.state_history[-1].message
+        assert get_run(stack, done).status == run_pb2.RUN_STATUS_FINISHED
