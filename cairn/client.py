@@ -48,7 +48,7 @@ from cairn.tracker.v1 import (
 from cairn.tracker.v1 import (
     tracker_service_pb2 as pb,
 )
-from cairn.types import Artifact, Experiment, MetricPoint, Run, metric_point
+from cairn.types import Artifact, Experiment, MetricPoint, Run, metric_points_from_columns
 from cairn.validation import (
     MAX_ENTRIES_PER_CALL,
     MAX_KEY_LENGTH,
@@ -684,9 +684,10 @@ class Tracker:
                     max_points=max_points or 0,
                     page_size=100_000,
                     page_token=token,
+                    columnar=True,
                 ),
             )
-            points.extend(metric_point(p) for p in response.points)
+            points.extend(metric_points_from_columns(response.columns))
             token = response.next_page_token
             if not token:
                 return points

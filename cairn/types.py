@@ -205,3 +205,12 @@ class Experiment:
 
 def metric_point(message: metric_pb2.MetricPoint) -> MetricPoint:
     return MetricPoint(message.step, message.value, to_datetime(message.timestamp))
+
+
+def metric_points_from_columns(columns: metric_pb2.MetricColumns) -> list[MetricPoint]:
+    """A columnar history page as MetricPoints (a zero timestamp, like an unset one, is None)."""
+    from_ms = datetime.fromtimestamp
+    return [
+        MetricPoint(step, value, from_ms(ms / 1000, tz=UTC) if ms else None)
+        for step, value, ms in zip(columns.steps, columns.values, columns.timestamp_ms, strict=True)
+    ]

@@ -634,8 +634,10 @@ class TrackerService:
         max_points: int,
         start_step: int,
         end_step: int,
-    ) -> tuple[list[metric_pb2.MetricPoint], str, bool, int]:
-        """(points, next_page_token, downsampled, total points in range)."""
+        columnar: bool = False,
+    ) -> tuple[list[metric_pb2.MetricPoint] | metric_pb2.MetricColumns, str, bool, int]:
+        """(points, or with `columnar` the same as MetricColumns; next_page_token;
+        downsampled; total points in range)."""
         _check_key(key, "metric_key")
         if max_points < 0:
             raise InvalidArgument("max_points must not be negative", field="max_points")
@@ -649,23 +651,23 @@ class TrackerService:
             max_points = min(max(max_points, 4), MAX_HISTORY_PAGE)
             total = self.store.count_metric_points(run_id, key, start, end)
             if total <= max_points:
-                points, _ = self.store.metric_history_page(
+                rows, _ = self.store.metric_history_page(
                     run_id, key, start_step=start, end_step=end, page_size=max_points, after=None
                 )
-                return points, "", False, total
-            points = self.store.downsampled_history(
+                return _history(rows, columnar), "", False, total
+            rows = self.store.downsampled_history(
                 run_id, key, start_step=start, end_step=end, buckets=max_points // 4, total=total
             )
-            return points, "", True, total
+            return _history(rows, columnar), "", True, total
         query_id = self.page_tokens.fingerprint("history", run_id, key, start, end)
         size = coerce_page_size(page_size, default=DEFAULT_HISTORY_PAGE, maximum=MAX_HISTORY_PAGE)
         after = self.page_tokens.decode(page_token, query_id) if page_token else None
-        points, position = self.store.metric_history_page(
+        rows, position = self.store.metric_history_page(
             run_id, key, start_step=start, end_step=end, page_size=size, after=after
         )
         # Every page reports the size of the whole range, not just the first one.
         total = self.store.count_metric_points(run_id, key, start, end)
-        return points, self._token(position, query_id), False, total
+        return _history(rows, columnar), self._token(position, query_id), False, total
 
     # ------------------------------------------------------------------ artifacts
 
@@ -896,3 +898,9 @@ def _check_environment(env: environment_pb2.Environment) -> None:
         if isinstance(value, str):
             limit = ENVIRONMENT_LIMITS[descriptor.name]
             _check_text(value, f"run.environment.{descriptor.name}", limit)
+
+
+def _history(
+    rows: list[convert.HistoryRow], columnar: bool
+) -> list[metric_pb2.MetricPoint] | metric_pb2.MetricColumns:
+    return convert.metric_columns(rows) if columnar else convert.metric_points(rows)

@@ -19,6 +19,7 @@ from google.protobuf import empty_pb2
 from cairn.tracker.v1 import (
     artifact_pb2,
     experiment_pb2,
+    metric_pb2,
     run_pb2,
     run_table_pb2,
     tracker_service_pb2_grpc,
@@ -302,13 +303,16 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
             request.max_points,
             request.start_step,
             request.end_step,
+            request.columnar,
         )
-        return pb.ListMetricHistoryResponse(
-            points=points,
-            next_page_token=token,
-            downsampled=downsampled,
-            total_point_count=total,
+        response = pb.ListMetricHistoryResponse(
+            next_page_token=token, downsampled=downsampled, total_point_count=total
         )
+        if isinstance(points, metric_pb2.MetricColumns):
+            response.columns.CopyFrom(points)
+        else:
+            response.points.extend(points)
+        return response
 
     async def SetRunTags(
         self, request: pb.SetRunTagsRequest, context: Context

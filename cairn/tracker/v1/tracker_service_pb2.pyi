@@ -339,7 +339,7 @@ class StreamMetricsResponse(_message.Message):
     def __init__(self, batch_count: _Optional[int] = ..., duplicate_batch_count: _Optional[int] = ..., stored_point_count: _Optional[int] = ...) -> None: ...
 
 class ListMetricHistoryRequest(_message.Message):
-    __slots__ = ("run", "metric_key", "page_size", "page_token", "max_points", "start_step", "end_step")
+    __slots__ = ("run", "metric_key", "page_size", "page_token", "max_points", "start_step", "end_step", "columnar")
     RUN_FIELD_NUMBER: _ClassVar[int]
     METRIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class ListMetricHistoryRequest(_message.Message):
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
+    COLUMNAR_FIELD_NUMBER: _ClassVar[int]
     run: str
     metric_key: str
     page_size: int
@@ -354,19 +355,22 @@ class ListMetricHistoryRequest(_message.Message):
     max_points: int
     start_step: int
     end_step: int
-    def __init__(self, run: _Optional[str] = ..., metric_key: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., max_points: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ...) -> None: ...
+    columnar: bool
+    def __init__(self, run: _Optional[str] = ..., metric_key: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., max_points: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., columnar: _Optional[bool] = ...) -> None: ...
 
 class ListMetricHistoryResponse(_message.Message):
-    __slots__ = ("points", "next_page_token", "downsampled", "total_point_count")
+    __slots__ = ("points", "columns", "next_page_token", "downsampled", "total_point_count")
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DOWNSAMPLED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_POINT_COUNT_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[_metric_pb2.MetricPoint]
+    columns: _metric_pb2.MetricColumns
     next_page_token: str
     downsampled: bool
     total_point_count: int
-    def __init__(self, points: _Optional[_Iterable[_Union[_metric_pb2.MetricPoint, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., downsampled: _Optional[bool] = ..., total_point_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, points: _Optional[_Iterable[_Union[_metric_pb2.MetricPoint, _Mapping]]] = ..., columns: _Optional[_Union[_metric_pb2.MetricColumns, _Mapping]] = ..., next_page_token: _Optional[str] = ..., downsampled: _Optional[bool] = ..., total_point_count: _Optional[int] = ...) -> None: ...
 
 class SetRunTagsRequest(_message.Message):
     __slots__ = ("run", "tags")

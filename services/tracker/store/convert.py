@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from cairn.common.v1 import environment_pb2, lineage_pb2
 from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
@@ -158,7 +158,22 @@ def artifact_to_proto(
     return message
 
 
-def metric_points(rows: Iterable[tuple[int, int, float | None]]) -> list[metric_pb2.MetricPoint]:
+# A point of a metric's history as stored: (step, timestamp ms, value; None is NaN).
+HistoryRow = tuple[int, int, float | None]
+
+
+def metric_columns(rows: Sequence[HistoryRow]) -> metric_pb2.MetricColumns:
+    """History rows as one MetricColumns: three extends, no message per point."""
+    columns = metric_pb2.MetricColumns()
+    if rows:
+        steps, timestamps, values = zip(*rows, strict=True)
+        columns.steps.extend(steps)
+        columns.timestamp_ms.extend(timestamps)
+        columns.values.extend(math.nan if v is None else v for v in values)
+    return columns
+
+
+def metric_points(rows: Iterable[HistoryRow]) -> list[metric_pb2.MetricPoint]:
     """(step, timestamp_ms, value) rows -> MetricPoint messages."""
     points = []
     for step, timestamp, value in rows:

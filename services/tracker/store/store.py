@@ -36,13 +36,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from cairn.common.v1 import environment_pb2
-from cairn.tracker.v1 import experiment_pb2, metric_pb2, run_pb2
+from cairn.tracker.v1 import experiment_pb2, run_pb2
 from services.common.db import Database
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.filtering import FieldRef, Node, OrderKey
 from services.common.sqlfilter import keyset_after, order_clauses, select_sort_values
 from services.common.timeutil import now_ms
 from services.tracker.store import convert
+from services.tracker.store.convert import HistoryRow
 from services.tracker.store.models import (
     ArtifactOrphanRow,
     ArtifactRow,
@@ -1232,7 +1233,8 @@ class TrackerStore:
         end_step: int | None,
         page_size: int,
         after: Sequence[Any] | None,
-    ) -> tuple[list[metric_pb2.MetricPoint], list[Any] | None]:
+    ) -> tuple[list[HistoryRow], list[Any] | None]:
+        """(step, timestamp ms, value) rows in step order, and where the next page starts."""
         c = _metrics.c
         statement = (
             select(c.step, c.timestamp, c.value, c.id)
@@ -1247,11 +1249,13 @@ class TrackerStore:
             )
         with self.db.read() as session:
             self.run_state(run_id, session)
-            rows = session.execute(statement).all()
+            rows: Sequence[tuple[int, int, float | None, int]] = session.execute(
+                statement
+            ).all()  # type: ignore[assignment]
         more = len(rows) > page_size
         rows = rows[:page_size]
-        position = [rows[-1].step, rows[-1].id] if more and rows else None
-        return convert.metric_points((r.step, r.timestamp, r.value) for r in rows), position
+        position = [rows[-1][0], rows[-1][3]] if more and rows else None
+        return [(step, timestamp, value) for step, timestamp, value, _ in rows], position
 
     def count_metric_points(
         self, run_id: str, key: str, start_step: int | None, end_step: int | None
@@ -1277,7 +1281,7 @@ class TrackerStore:
         end_step: int | None,
         buckets: int,
         total: int,
-    ) -> list[metric_pb2.MetricPoint]:
+    ) -> list[HistoryRow]:
         """Cut the series into `buckets` runs of consecutive points and keep each run's first,
         last, minimum and maximum point — computed in SQL with window functions."""
         c = _metrics.c
@@ -1322,7 +1326,7 @@ class TrackerStore:
         )
         with self.db.read() as session:
             rows = session.execute(statement).all()
-        return convert.metric_points((row.step, row.timestamp, row.value) for row in rows)
+        return [(row.step, row.timestamp, row.value) for row in rows]
 
     # ------------------------------------------------------------------ artifacts
 
