@@ -21,6 +21,9 @@ Workloads:
   log       single-point log_metric calls, each stored before the next (calls/s, p50/p99)
   ingest    bulk ingest of points into one run: MLflow log_batch of 1,000 points per call,
             Cairn's SDK its streaming ingest (points/s)
+  ingest-x4 the same points by 4 concurrent writers, a quarter each into a run of its own
+  copy      (PostgreSQL only) the database's limit: the points COPYed by psycopg straight into
+            a table shaped like Cairn's metrics; Cairn's ingest as a share of it
   search    metrics.accuracy > 0.5 AND params.model = 'xgb' ORDER BY metrics.accuracy DESC,
             100 results, over the runs created above (p50/p99)
   history   the full history of the bulk-ingested metric (p50)
@@ -40,10 +43,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
@@ -67,6 +72,8 @@ LABELS = {
 SEARCH_FILTER = "metrics.accuracy > 0.5 AND params.model = 'xgb'"
 SEARCH_ORDER = "metrics.accuracy DESC"
 MLFLOW_BATCH = 1_000
+# Concurrent writers of the ingest-x4 workload.
+WRITERS = 4
 
 # (figure, unit, higher is better)
 FIGURES: list[tuple[str, str, bool]] = [
@@ -75,6 +82,7 @@ FIGURES: list[tuple[str, str, bool]] = [
     ("log_metric_p50_ms", "ms", False),
     ("log_metric_p99_ms", "ms", False),
     ("ingest_points_per_s", "points/s", True),
+    ("ingest_4_writers_points_per_s", "points/s", True),
     ("search_p50_ms", "ms", False),
     ("search_p99_ms", "ms", False),
     ("history_p50_ms", "ms", False),
@@ -328,6 +336,15 @@ class MlflowTarget:
     def history(self, run_id: str) -> int:
         return len(self.client.get_metric_history(run_id, "loss"))
 
+    def writer(self) -> MlflowTarget:
+        """Another client on the same experiment (one per concurrent writer)."""
+        other = MlflowTarget.__new__(MlflowTarget)
+        from mlflow import MlflowClient
+
+        other.client = MlflowClient(tracking_uri=self.client.tracking_uri)
+        other.experiment_id, other.history_run = self.experiment_id, ""
+        return other
+
     def close(self) -> None:
         pass
 
@@ -336,6 +353,7 @@ class CairnTarget:
     """Cairn's own SDK against its tracker."""
 
     def __init__(self, address: str) -> None:
+        self.address = address
         self.tracker = cairn.Tracker(address, capture_environment=False)
         self.experiment = f"bench-{uuid.uuid4().hex[:8]}"
         self.tracker.create_experiment(self.experiment)
@@ -384,6 +402,13 @@ class CairnTarget:
     def history(self, run_id: str) -> int:
         return len(self.tracker.get_metric_history(run_id, "loss"))
 
+    def writer(self) -> CairnTarget:
+        """Another SDK client on the same experiment (one per concurrent writer)."""
+        other = CairnTarget.__new__(CairnTarget)
+        other.tracker = cairn.Tracker(self.address, capture_environment=False)
+        other.experiment, other.address = self.experiment, self.address
+        return other
+
     def close(self) -> None:
         self.tracker.close()
 
@@ -394,14 +419,15 @@ Target = MlflowTarget | CairnTarget
 # ---------------------------------------------------------------------------- workloads
 
 
-def _rotations(turn: int) -> list[str]:
+def _rotations(turn: int, systems: list[str]) -> list[str]:
     """The order the systems take for the turn-th workload: each goes first in turn."""
-    shift = turn % len(SYSTEMS)
-    return list(SYSTEMS[shift:] + SYSTEMS[:shift])
+    shift = turn % len(systems)
+    return systems[shift:] + systems[:shift]
 
 
 def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
-    figures: dict[str, dict[str, float]] = {system: {} for system in SYSTEMS}
+    systems = [system for system in SYSTEMS if system in targets]
+    figures: dict[str, dict[str, float]] = {system: {} for system in systems}
     rng = random.Random(7)
     run_specs = [
         (
@@ -422,12 +448,12 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
 
     # Warm-up, untimed: first requests pay for lazy imports and connection set-up. The run
     # has no params or metrics, so the search never finds it.
-    for system in SYSTEMS:
+    for system in systems:
         target = targets[system]
         target.log_metric_call(target.start_run("warm-up"))()
         target.search()
 
-    for system in _rotations(turn):
+    for system in _rotations(turn, systems):
         progress("runs", system)
         target = targets[system]
         began = time.perf_counter()
@@ -436,7 +462,7 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         figures[system]["runs_per_s"] = len(run_specs) / (time.perf_counter() - began)
     turn += 1
 
-    for system in _rotations(turn):
+    for system in _rotations(turn, systems):
         progress("log", system)
         target = targets[system]
         call = target.log_metric_call(target.start_run("log"))
@@ -446,7 +472,7 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         figures[system]["log_metric_p99_ms"] = percentile(samples, 0.99) * 1000
     turn += 1
 
-    for system in _rotations(turn):
+    for system in _rotations(turn, systems):
         progress("ingest", system)
         target = targets[system]
         run_id = target.start_run("ingest")
@@ -456,7 +482,14 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         history_runs[system] = run_id
     turn += 1
 
-    for system in _rotations(turn):
+    for system in _rotations(turn, systems):
+        progress("ingest-x4", system)
+        figures[system]["ingest_4_writers_points_per_s"] = concurrent_ingest(
+            targets[system], values, WRITERS
+        )
+    turn += 1
+
+    for system in _rotations(turn, systems):
         progress("search", system)
         target = targets[system]
         found = target.search()
@@ -467,7 +500,7 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         figures[system]["search_p99_ms"] = percentile(samples, 0.99) * 1000
     turn += 1
 
-    for system in _rotations(turn):
+    for system in _rotations(turn, systems):
         progress("history", system)
         target = targets[system]
         run_id = history_runs[system]
@@ -477,6 +510,54 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         samples = timed(partial(target.history, run_id), sizes["histories"])
         figures[system]["history_p50_ms"] = statistics.median(samples) * 1000
     return figures
+
+
+def concurrent_ingest(target: Target, values: list[float], writers: int) -> float:
+    """`writers` clients at once, each ingesting its share of the points into a run of its
+    own; points stored per second over the whole (the slowest writer ends it)."""
+    clients = [target.writer() for _ in range(writers)]
+    runs = [client.start_run(f"ingest-writer-{i}") for i, client in enumerate(clients)]
+    share = len(values) // writers
+    start = threading.Barrier(writers + 1)
+
+    def write(index: int) -> int:
+        start.wait()
+        return clients[index].ingest(runs[index], values[index * share : (index + 1) * share])
+
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        futures = [pool.submit(write, i) for i in range(writers)]
+        start.wait()
+        began = time.perf_counter()
+        stored = sum(future.result() for future in futures)
+        elapsed = time.perf_counter() - began
+    for client in clients:
+        client.close()
+    return stored / elapsed
+
+
+def copy_limit(database_url: str, values: list[float]) -> float:
+    """The database's own limit: the same points COPYed by psycopg straight into a table
+    shaped and indexed like Cairn's metrics table (no service, no client in between);
+    points per second, commit included."""
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    now = int(time.time() * 1000)
+    with psycopg.connect(url) as connection:
+        connection.execute("CREATE TABLE copy_limit (LIKE metrics INCLUDING ALL)")
+        connection.commit()
+        began = time.perf_counter()
+        with (
+            connection.cursor() as cursor,
+            cursor.copy("COPY copy_limit (run_id, key, step, timestamp, value) FROM STDIN") as copy,
+        ):
+            for step, value in enumerate(values):
+                copy.write_row(("copy-limit-run", "loss", step, now, value))
+        connection.commit()
+        elapsed = time.perf_counter() - began
+        connection.execute("DROP TABLE copy_limit")
+        connection.commit()
+    return len(values) / elapsed
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -494,14 +575,15 @@ def _format(value: float | None) -> str:
 
 def ratio(figure: str, higher_better: bool, figures: dict[str, dict[str, float]]) -> float | None:
     """How many times better Cairn's SDK is than MLflow on this figure (> 1: Cairn is better)."""
-    mlflow, cairn_sdk = figures["mlflow"].get(figure), figures["cairn"].get(figure)
+    mlflow, cairn_sdk = figures.get("mlflow", {}).get(figure), figures["cairn"].get(figure)
     if not mlflow or not cairn_sdk:
         return None
     return cairn_sdk / mlflow if higher_better else mlflow / cairn_sdk
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
-    header = ["figure", "unit", *(LABELS[s] for s in SYSTEMS), "Cairn SDK vs MLflow"]
+    systems = [s for s in SYSTEMS if s in figures]
+    header = ["figure", "unit", *(LABELS[s] for s in systems), "Cairn SDK vs MLflow"]
     rows = [header]
     for figure, unit, higher_better in FIGURES:
         better = ratio(figure, higher_better, figures)
@@ -509,7 +591,7 @@ def table(figures: dict[str, dict[str, float]]) -> str:
             [
                 figure,
                 unit,
-                *(_format(figures[s].get(figure)) for s in SYSTEMS),
+                *(_format(figures[s].get(figure)) for s in systems),
                 "-" if better is None else f"{better:.1f}x {'better' if better >= 1 else 'worse'}",
             ]
         )
@@ -531,6 +613,14 @@ def table(figures: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def limit_line(limit: dict[str, float]) -> str:
+    return (
+        f"\nThe database's limit: {limit['copy_points_per_s']:,.0f} points/s COPYed by psycopg "
+        f"straight into a table shaped like Cairn's metrics; Cairn SDK's ingest is "
+        f"{limit['cairn_ingest_share_of_copy']:.0%} of that."
+    )
+
+
 def machine() -> str:
     model, cpus = platform.processor() or platform.machine(), os.cpu_count() or 0
     try:
@@ -543,11 +633,11 @@ def machine() -> str:
     return f"{cpus} CPUs, {model}, {platform.system()} {platform.release()}"
 
 
-def versions() -> dict[str, str]:
+def versions(with_mlflow: bool = True) -> dict[str, str]:
     import importlib.metadata as metadata
 
     found = {"cairn": metadata.version("cairn") if _has("cairn") else "unknown"}
-    found["mlflow_server"] = mlflow_server_version()
+    found["mlflow_server"] = mlflow_server_version() if with_mlflow else "not run"
     found["mlflow_client"] = metadata.version("mlflow-skinny") if _has("mlflow-skinny") else "?"
     found["python"] = platform.python_version()
     return found
@@ -584,7 +674,9 @@ Regenerated by `{command}`
   Python {v["python"]}
 - sizes: {sizes["runs"]:,} runs created (10 params, 5 metrics each); {sizes["log_calls"]:,}
   single-point log_metric calls; {sizes["points"]:,} points bulk-ingested into one run (MLflow
-  client: log_batch of {MLFLOW_BATCH:,}; Cairn SDK: streaming ingest); search over the
+  client: log_batch of {MLFLOW_BATCH:,}; Cairn SDK: streaming ingest), and again by {WRITERS}
+  concurrent writers (each a client of its own, a quarter of the points into its own run);
+  search over the
   {sizes["runs"]:,} runs repeated {sizes["searches"]} times; full history of the
   {sizes["points"]:,}-point metric read {sizes["histories"]} times
 - systems: **MLflow** = MLflow's Python client against MLflow's server; **Cairn SDK** =
@@ -593,6 +685,7 @@ Regenerated by `{command}`
   the workload. Ratios are Cairn SDK against MLflow (> 1x: Cairn is better).
 
 {table(result["figures"])}
+{limit_line(result["limit"]) if result["limit"] else ""}
 """
     path.write_text(text)
     return path
@@ -608,6 +701,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--without-mlflow",
+        action="store_true",
+        help="Cairn only (its SDK and the MLflow client against its gateway): no MLflow "
+        "server to install; what CI's smoke run uses",
+    )
     for name in ("runs", "log-calls", "points", "searches", "histories"):
         parser.add_argument(f"--{name}", type=int, default=None, help="override a size")
     options = parser.parse_args(argv)
@@ -630,23 +729,35 @@ def main(argv: list[str] | None = None) -> None:
             cairn_url: str | None = stack.enter_context(postgres_database())
         else:
             mlflow_url, cairn_url = f"sqlite:///{scratch / 'mlflow.db'}", None
+        with_mlflow = not options.without_mlflow
         print("starting MLflow's server and Cairn ...", file=sys.stderr, flush=True)
-        mlflow_base, mlflow_pid = stack.enter_context(mlflow_server(mlflow_url, scratch, postgres))
+        targets: dict[str, Target] = {}
+        if with_mlflow:
+            mlflow_base, mlflow_pid = stack.enter_context(
+                mlflow_server(mlflow_url, scratch, postgres)
+            )
+            targets["mlflow"] = MlflowTarget(mlflow_base)
         address, gateway, cairn_pid = stack.enter_context(cairn_stack(cairn_url, scratch))
-        targets: dict[str, Target] = {
-            "mlflow": MlflowTarget(mlflow_base),
-            "cairn": CairnTarget(address),
-            "cairn_mlflow": MlflowTarget(gateway),
-        }
+        targets["cairn"] = CairnTarget(address)
+        targets["cairn_mlflow"] = MlflowTarget(gateway)
         try:
             figures = run_workloads(targets, sizes)
         finally:
             for target in targets.values():
                 target.close()
-        figures["mlflow"]["server_rss_mb"] = tree_rss_mb(mlflow_pid)
+        limit: dict[str, float] = {}
+        if cairn_url is not None:
+            print("  copy     PostgreSQL COPY", file=sys.stderr, flush=True)
+            values = [random.Random(7).random() for _ in range(sizes["points"])]
+            limit["copy_points_per_s"] = copy_limit(cairn_url, values)
+            limit["cairn_ingest_share_of_copy"] = (
+                figures["cairn"]["ingest_points_per_s"] / limit["copy_points_per_s"]
+            )
+        if with_mlflow:
+            figures["mlflow"]["server_rss_mb"] = tree_rss_mb(mlflow_pid)
         figures["cairn"]["server_rss_mb"] = tree_rss_mb(cairn_pid)
         figures["cairn_mlflow"]["server_rss_mb"] = figures["cairn"]["server_rss_mb"]
-        found_versions = versions()
+        found_versions = versions(with_mlflow)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -656,11 +767,12 @@ def main(argv: list[str] | None = None) -> None:
         "versions": found_versions,
         "mlflow_workers": 1,
         "figures": figures,
+        "limit": limit,
         "ratios_cairn_sdk_vs_mlflow": {
             figure: ratio(figure, higher, figures) for figure, _, higher in FIGURES
         },
     }
-    if not options.smoke:
+    if not options.smoke and not options.without_mlflow:
         written = write_results(result)
         print(f"wrote {written}", file=sys.stderr)
     if options.json:
@@ -669,3 +781,5 @@ def main(argv: list[str] | None = None) -> None:
     mode = "smoke" if options.smoke else "full"
     print(f"Cairn vs MLflow on {options.database} ({mode} sizes: {sizes}; MLflow --workers 1)")
     print(table(figures))
+    if limit:
+        print(limit_line(limit))

@@ -44,6 +44,49 @@ def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures.values())
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_the_comparison_runs_in_smoke_mode_without_mlflow(database: str) -> None:
+    """`python -m bench compare` with tiny sizes and no MLflow server to install: Cairn's SDK
+    and the MLflow client against Cairn's gateway; on PostgreSQL also the COPY limit."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "compare", "--smoke", "--json"),
+            *("--without-mlflow", "--database", database),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["figures"]) == {"cairn", "cairn_mlflow"}
+    expected = {
+        "runs_per_s",
+        "log_metric_calls_per_s",
+        "log_metric_p50_ms",
+        "log_metric_p99_ms",
+        "ingest_points_per_s",
+        "ingest_4_writers_points_per_s",
+        "search_p50_ms",
+        "search_p99_ms",
+        "history_p50_ms",
+        "server_rss_mb",
+    }
+    for figures in report["figures"].values():
+        assert set(figures) == expected
+        assert all(math.isfinite(v) and v > 0 for v in figures.values())
+    if database == "postgres":
+        limit = report["limit"]
+        assert limit["copy_points_per_s"] > 0
+        assert limit["cairn_ingest_share_of_copy"] == pytest.approx(
+            report["figures"]["cairn"]["ingest_points_per_s"] / limit["copy_points_per_s"]
+        )
+    else:
+        assert report["limit"] == {}
+
+
 def test_analytics_bench_runs_in_smoke_mode() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "analytics", "--smoke", "--json", "--database", "sqlite"],
