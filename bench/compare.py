@@ -50,6 +50,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -328,8 +329,15 @@ class MlflowTarget:
         return len(values)
 
     def search(self) -> int:
+        return self.search_in(self.experiment_id)
+
+    def new_experiment(self) -> str:
+        """An experiment for seeded runs; its id."""
+        return str(self.client.create_experiment(f"bench-seeded-{uuid.uuid4().hex[:8]}"))
+
+    def search_in(self, experiment: str) -> int:
         runs = self.client.search_runs(
-            [self.experiment_id], SEARCH_FILTER, order_by=[SEARCH_ORDER], max_results=100
+            [experiment], SEARCH_FILTER, order_by=[SEARCH_ORDER], max_results=100
         )
         return len(runs)
 
@@ -354,6 +362,7 @@ class CairnTarget:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.seeded_ids: dict[str, str] = {}
         self.tracker = cairn.Tracker(address, capture_environment=False)
         self.experiment = f"bench-{uuid.uuid4().hex[:8]}"
         self.tracker.create_experiment(self.experiment)
@@ -394,8 +403,17 @@ class CairnTarget:
         return self.tracker.stream_metrics(points, run_id=run_id, batch_size=10_000)
 
     def search(self) -> int:
+        return self.search_in(self.experiment)
+
+    def new_experiment(self) -> str:
+        """An experiment for seeded runs; its name (the SDK searches by name)."""
+        name = f"bench-seeded-{uuid.uuid4().hex[:8]}"
+        self.seeded_ids[name] = self.tracker.create_experiment(name).experiment_id
+        return name
+
+    def search_in(self, experiment: str) -> int:
         runs = self.tracker.search_runs(
-            self.experiment, SEARCH_FILTER, order_by=SEARCH_ORDER, max_results=100
+            experiment, SEARCH_FILTER, order_by=SEARCH_ORDER, max_results=100
         )
         return len(runs)
 
@@ -425,7 +443,41 @@ def _rotations(turn: int, systems: list[str]) -> list[str]:
     return systems[shift:] + systems[:shift]
 
 
-def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+def sizes_scales(sizes: dict[str, Any]) -> list[int]:
+    return [int(scale) for scale in sizes["scales"]]
+
+
+def seed_all(targets: dict[str, Target], seeding: Seeding, count: int) -> dict[str, str]:
+    """The same `count` runs bulk-inserted into each system's database (bench/seed.py), in
+    an experiment of each; the experiment each client searches."""
+    from bench import seed
+
+    experiments: dict[str, str] = {}
+    print(f"  seeding  {count:,} runs into each system", file=sys.stderr, flush=True)
+    if "mlflow" in targets:
+        experiments["mlflow"] = targets["mlflow"].new_experiment()
+        seed.seed_mlflow(seeding.mlflow_url, experiments["mlflow"], count)
+    cairn_target = targets["cairn"]
+    assert isinstance(cairn_target, CairnTarget)
+    name = cairn_target.new_experiment()
+    seed.seed_cairn(seeding.cairn_url, cairn_target.seeded_ids[name], count)
+    experiments["cairn"] = name
+    # The MLflow client searches Cairn's seeded experiment through the gateway, by its id.
+    experiments["cairn_mlflow"] = cairn_target.seeded_ids[name]
+    return experiments
+
+
+@dataclass(frozen=True)
+class Seeding:
+    """Where each system's database is, for bulk seeding."""
+
+    mlflow_url: str
+    cairn_url: str
+
+
+def run_workloads(
+    targets: dict[str, Target], sizes: dict[str, Any], seeding: Seeding | None = None
+) -> dict[str, dict[str, float]]:
     systems = [system for system in SYSTEMS if system in targets]
     figures: dict[str, dict[str, float]] = {system: {} for system in systems}
     rng = random.Random(7)
@@ -499,6 +551,22 @@ def run_workloads(targets: dict[str, Target], sizes: dict[str, int]) -> dict[str
         figures[system]["search_p50_ms"] = statistics.median(samples) * 1000
         figures[system]["search_p99_ms"] = percentile(samples, 0.99) * 1000
     turn += 1
+
+    for scale in sizes_scales(sizes) if seeding is not None else []:
+        assert seeding is not None
+        experiments = seed_all(targets, seeding, scale)
+        from bench.seed import matching
+
+        expected = min(100, matching(scale))
+        for system in _rotations(turn, systems):
+            progress(f"search@{scale:,}", system)
+            target, experiment = targets[system], experiments[system]
+            found = target.search_in(experiment)
+            if found != expected:
+                raise RuntimeError(f"{LABELS[system]}: the search found {found} of {expected} runs")
+            samples = timed(partial(target.search_in, experiment), sizes["scale_searches"])
+            figures[system][f"search_{scale}_p50_ms"] = statistics.median(samples) * 1000
+        turn += 1
 
     for system in _rotations(turn, systems):
         progress("history", system)
@@ -581,11 +649,29 @@ def ratio(figure: str, higher_better: bool, figures: dict[str, dict[str, float]]
     return cairn_sdk / mlflow if higher_better else mlflow / cairn_sdk
 
 
+def figure_list(figures: dict[str, dict[str, float]]) -> list[tuple[str, str, bool]]:
+    """FIGURES plus the search-at-scale figures this run measured, in order of scale."""
+    measured = {name for values in figures.values() for name in values}
+    scaled = sorted(
+        (
+            name
+            for name in measured
+            if name.startswith("search_")
+            and name.endswith("_p50_ms")
+            and name.split("_")[1].isdigit()
+        ),
+        key=lambda name: int(name.split("_")[1]),
+    )
+    listed = list(FIGURES)
+    at = next(i for i, (name, _, _) in enumerate(listed) if name == "search_p99_ms") + 1
+    return listed[:at] + [(name, "ms", False) for name in scaled] + listed[at:]
+
+
 def table(figures: dict[str, dict[str, float]]) -> str:
     systems = [s for s in SYSTEMS if s in figures]
     header = ["figure", "unit", *(LABELS[s] for s in systems), "Cairn SDK vs MLflow"]
     rows = [header]
-    for figure, unit, higher_better in FIGURES:
+    for figure, unit, higher_better in figure_list(figures):
         better = ratio(figure, higher_better, figures)
         rows.append(
             [
@@ -653,17 +739,40 @@ def _has(distribution: str) -> bool:
     return True
 
 
+RESULTS_HEADER = """# Cairn against MLflow: benchmark results
+
+Regenerated by `python -m bench compare` (SQLite) and `python -m bench compare --database
+postgres` (bench/compare.py), each run rewriting its own section; do not edit by hand.
+"""
+DATABASE_TITLES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+
+
 def write_results(result: dict[str, Any]) -> Path:
+    """Rewrites this run's database section of RESULTS.md, keeping the other's."""
     path = Path(__file__).resolve().parent / "RESULTS.md"
+    sections = {database: "" for database in DATABASE_TITLES}
+    if path.exists():
+        text = path.read_text()
+        for database, title in DATABASE_TITLES.items():
+            marker = f"\n## {title}\n"
+            if marker in text:
+                rest = text.split(marker, 1)[1]
+                sections[database] = marker + rest.split("\n## ", 1)[0].rstrip("\n") + "\n"
+    sections[result["database"]] = "\n" + section(result)
+    path.write_text(RESULTS_HEADER + "".join(sections.values()))
+    return path
+
+
+def section(result: dict[str, Any]) -> str:
     sizes = result["sizes"]
     v = result["versions"]
     command = "python -m bench compare" + (
         " --database postgres" if result["database"] == "postgres" else ""
     )
-    text = f"""# Cairn against MLflow: benchmark results
+    limit = result["limit"]
+    return f"""## {DATABASE_TITLES[result["database"]]}
 
-Regenerated by `{command}`
-(bench/compare.py); do not edit by hand.
+`{command}`
 
 - date: {result["date"]}
 - machine: {result["machine"]}
@@ -676,8 +785,9 @@ Regenerated by `{command}`
   single-point log_metric calls; {sizes["points"]:,} points bulk-ingested into one run (MLflow
   client: log_batch of {MLFLOW_BATCH:,}; Cairn SDK: streaming ingest), and again by {WRITERS}
   concurrent writers (each a client of its own, a quarter of the points into its own run);
-  search over the
-  {sizes["runs"]:,} runs repeated {sizes["searches"]} times; full history of the
+  search over the {sizes["runs"]:,} runs repeated {sizes["searches"]} times, and over
+  {" and ".join(f"{n:,}" for n in sizes["scales"])} runs bulk-seeded by SQL into each system's own
+  schema (bench/seed.py) repeated {sizes["scale_searches"]} times; full history of the
   {sizes["points"]:,}-point metric read {sizes["histories"]} times
 - systems: **MLflow** = MLflow's Python client against MLflow's server; **Cairn SDK** =
   `cairn.Tracker` against `cairn up`; **Cairn via MLflow client** = MLflow's Python client
@@ -685,10 +795,8 @@ Regenerated by `{command}`
   the workload. Ratios are Cairn SDK against MLflow (> 1x: Cairn is better).
 
 {table(result["figures"])}
-{limit_line(result["limit"]) if result["limit"] else ""}
+{limit_line(limit) if limit else ""}
 """
-    path.write_text(text)
-    return path
 
 
 # ---------------------------------------------------------------------------- main
@@ -707,13 +815,25 @@ def main(argv: list[str] | None = None) -> None:
         help="Cairn only (its SDK and the MLflow client against its gateway): no MLflow "
         "server to install; what CI's smoke run uses",
     )
-    for name in ("runs", "log-calls", "points", "searches", "histories"):
+    for name in ("runs", "log-calls", "points", "searches", "histories", "scale-searches"):
         parser.add_argument(f"--{name}", type=int, default=None, help="override a size")
+    parser.add_argument(
+        "--scales",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=None,
+        help="bulk-seeded run counts to search over, e.g. 10000,100000 (empty: none)",
+    )
     options = parser.parse_args(argv)
-    sizes = (
-        {"runs": 20, "log_calls": 20, "points": 2_000, "searches": 3, "histories": 2}
+    sizes: dict[str, Any] = (
+        {
+            **{"runs": 20, "log_calls": 20, "points": 2_000, "searches": 3, "histories": 2},
+            **{"scales": [300], "scale_searches": 2},
+        }
         if options.smoke
-        else {"runs": 1_000, "log_calls": 1_000, "points": 100_000, "searches": 50, "histories": 5}
+        else {
+            **{"runs": 1_000, "log_calls": 1_000, "points": 100_000, "searches": 50},
+            **{"histories": 5, "scales": [10_000, 100_000], "scale_searches": 10},
+        }
     )
     for name in sizes:
         override = getattr(options, name)
@@ -741,7 +861,10 @@ def main(argv: list[str] | None = None) -> None:
         targets["cairn"] = CairnTarget(address)
         targets["cairn_mlflow"] = MlflowTarget(gateway)
         try:
-            figures = run_workloads(targets, sizes)
+            seeding = Seeding(
+                mlflow_url, cairn_url or f"sqlite:///{scratch / 'cairn' / 'cairn.db'}"
+            )
+            figures = run_workloads(targets, sizes, seeding)
         finally:
             for target in targets.values():
                 target.close()
@@ -769,7 +892,7 @@ def main(argv: list[str] | None = None) -> None:
         "figures": figures,
         "limit": limit,
         "ratios_cairn_sdk_vs_mlflow": {
-            figure: ratio(figure, higher, figures) for figure, _, higher in FIGURES
+            figure: ratio(figure, higher, figures) for figure, _, higher in figure_list(figures)
         },
     }
     if not options.smoke and not options.without_mlflow:
