@@ -104,13 +104,20 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    """Seconds taken by each of `repeat` calls of fn."""
-    samples = []
+def timed(
+    fn: Callable[[], Any], repeat: int, *, budget_s: float | None = None, least: int = 3
+) -> list[float]:
+    """Seconds taken by each of `repeat` calls of fn; with `budget_s`, fewer once that much
+    time has gone, but at least `least` (a slow system is measured, not waited on for ever)."""
+    samples: list[float] = []
+    began_all = time.perf_counter()
     for _ in range(repeat):
         began = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - began)
+        spent = time.perf_counter() - began_all
+        if budget_s is not None and len(samples) >= least and spent > budget_s:
+            break
     return samples
 
 

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
+def run_bench(*args: str) -> dict[str, Any]:
+    """`python -m bench ARGS`; its JSON report (the test fails with its stderr otherwise)."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", "--database", database],
+        [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -26,7 +27,13 @@ def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
+    report = run_bench("--smoke", "--json", "--database", database)
     assert report["database"] == database
     figures = report["figures"]
     expected = {
@@ -48,19 +55,9 @@ def test_tracker_bench_runs_in_smoke_mode(database: str) -> None:
 def test_the_comparison_runs_in_smoke_mode_without_mlflow(database: str) -> None:
     """`python -m bench compare` with tiny sizes and no MLflow server to install: Cairn's SDK
     and the MLflow client against Cairn's gateway; on PostgreSQL also the COPY limit."""
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench", "compare", "--smoke", "--json"),
-            *("--without-mlflow", "--database", database),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    report = run_bench(
+        *("compare", "--smoke", "--json"), *("--without-mlflow", "--database", database)
     )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     assert set(report["figures"]) == {"cairn", "cairn_mlflow"}
     expected = {
         "runs_per_s",
@@ -90,16 +87,7 @@ def test_the_comparison_runs_in_smoke_mode_without_mlflow(database: str) -> None
 
 
 def test_analytics_bench_runs_in_smoke_mode() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "analytics", "--smoke", "--json", "--database", "sqlite"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("analytics", "--smoke", "--json", "--database", "sqlite")
     assert report["database"] == "sqlite"
     calls = {
         "dashboard",
