@@ -8,6 +8,10 @@ through its own API (so each server knows it):
 - Cairn: `runs`, `params` (with the numeric value its search compares), `latest_metrics`,
   through Cairn's own table definitions (their column defaults included).
 
+Then the database's statistics are refreshed (ANALYZE), as autovacuum would do soon after
+such a load: without it PostgreSQL plans for the empty tables it last saw (measured: Cairn's
+search over 100,000 fresh runs takes 0.99 s before and 0.25 s after).
+
 Every run gets the workload's 10 params (`model` one of xgb/rf/lr, p0..p8) and 5 metrics
 (`accuracy`, m0..m3) from one seed, so both searches see the same data.
 """
@@ -54,6 +58,12 @@ def _chunks(count: int, seed: int) -> Iterator[list[tuple[str, dict[str, str], d
             chunk = []
     if chunk:
         yield chunk
+
+
+def analyze(engine: Any) -> None:
+    """Fresh planner statistics for the tables just loaded (PostgreSQL and SQLite)."""
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE"))
 
 
 def _engine_url(url: str) -> str:
@@ -107,6 +117,7 @@ def seed_mlflow(database_url: str, experiment_id: str, count: int, seed: int = 1
                         for k, v in run_metrics.items()
                     ],
                 )
+        analyze(engine)
     finally:
         engine.dispose()
 
@@ -152,6 +163,7 @@ def seed_cairn(database_url: str, experiment_id: str, count: int, seed: int = 11
                         for k, v in run_metrics.items()
                     ],
                 )
+        analyze(engine)
     finally:
         engine.dispose()
 

@@ -1249,9 +1249,9 @@ class TrackerStore:
             )
         with self.db.read() as session:
             self.run_state(run_id, session)
-            rows: Sequence[tuple[int, int, float | None, int]] = session.execute(
-                statement
-            ).all()  # type: ignore[assignment]
+            # Rows unpack like tuples (no objects built per point).
+            result: Any = session.execute(statement).all()
+            rows: Sequence[tuple[int, int, float | None, int]] = result
         more = len(rows) > page_size
         rows = rows[:page_size]
         position = [rows[-1][0], rows[-1][3]] if more and rows else None
