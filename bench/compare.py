@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import cairn
+from bench import seed
 from bench.common import _serving, free_port, percentile, postgres_database, timed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,10 +218,15 @@ def cairn_stack(database_url: str | None, scratch: Path) -> Iterator[tuple[str, 
         "CAIRN_DATA_DIR": str(data_dir),
         "CAIRN_HOST": "127.0.0.1",
         "CAIRN_TRACKER_PORT": str(tracker_port),
+        # Every service on a port of its own: two runs at once (CI's workers) never collide.
         "CAIRN_ANALYTICS_PORT": str(free_port()),
+        "CAIRN_SCHEDULER_PORT": str(free_port()),
+        "CAIRN_LOGPROXY_PORT": str(free_port()),
         "CAIRN_GATEWAY_PORT": str(gateway_port),
         "CAIRN_TRACKER_METRICS_PORT": "0",
         "CAIRN_ANALYTICS_METRICS_PORT": "0",
+        "CAIRN_SCHEDULER_METRICS_PORT": "0",
+        "CAIRN_LOGPROXY_METRICS_PORT": "0",
         "CAIRN_LOG_LEVEL": "WARNING",
     }
     if database_url:
@@ -286,14 +292,16 @@ class MlflowTarget:
     """MLflow's own Python client (REST) against a tracking server: MLflow's, or Cairn's
     gateway."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, experiment_id: str | None = None) -> None:
+        """A client on a new experiment, or on `experiment_id`."""
         # Otherwise set_terminated prints the run's URL, after an extra GetRun request.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=url)
-        self.experiment_id = self.client.create_experiment(f"bench-{uuid.uuid4().hex[:8]}")
-        self.history_run = ""
+        self.experiment_id = experiment_id or self.client.create_experiment(
+            f"bench-{uuid.uuid4().hex[:8]}"
+        )
 
     def create_run(self, name: str, params: dict[str, str], metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric, Param
@@ -348,12 +356,7 @@ class MlflowTarget:
 
     def writer(self) -> MlflowTarget:
         """Another client on the same experiment (one per concurrent writer)."""
-        other = MlflowTarget.__new__(MlflowTarget)
-        from mlflow import MlflowClient
-
-        other.client = MlflowClient(tracking_uri=self.client.tracking_uri)
-        other.experiment_id, other.history_run = self.experiment_id, ""
-        return other
+        return MlflowTarget(self.client.tracking_uri, self.experiment_id)
 
     def close(self) -> None:
         pass
@@ -362,12 +365,14 @@ class MlflowTarget:
 class CairnTarget:
     """Cairn's own SDK against its tracker."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, experiment: str | None = None) -> None:
+        """A client on a new experiment, or on `experiment` (a name)."""
         self.address = address
         self.seeded_ids: dict[str, str] = {}
         self.tracker = cairn.Tracker(address, capture_environment=False)
-        self.experiment = f"bench-{uuid.uuid4().hex[:8]}"
-        self.tracker.create_experiment(self.experiment)
+        self.experiment = experiment or f"bench-{uuid.uuid4().hex[:8]}"
+        if experiment is None:
+            self.tracker.create_experiment(self.experiment)
 
     def create_run(self, name: str, params: dict[str, str], metrics: dict[str, float]) -> None:
         self.tracker.start_run(self.experiment, run_name=name)
@@ -424,10 +429,7 @@ class CairnTarget:
 
     def writer(self) -> CairnTarget:
         """Another SDK client on the same experiment (one per concurrent writer)."""
-        other = CairnTarget.__new__(CairnTarget)
-        other.tracker = cairn.Tracker(self.address, capture_environment=False)
-        other.experiment, other.address = self.experiment, self.address
-        return other
+        return CairnTarget(self.address, self.experiment)
 
     def close(self) -> None:
         self.tracker.close()
@@ -452,8 +454,6 @@ def sizes_scales(sizes: dict[str, Any]) -> list[int]:
 def seed_all(targets: dict[str, Target], seeding: Seeding, count: int) -> dict[str, str]:
     """The same `count` runs bulk-inserted into each system's database (bench/seed.py), in
     an experiment of each; the experiment each client searches."""
-    from bench import seed
-
     experiments: dict[str, str] = {}
     print(f"  seeding  {count:,} runs into each system", file=sys.stderr, flush=True)
     if "mlflow" in targets:
@@ -557,9 +557,7 @@ def run_workloads(
     for scale in sizes_scales(sizes) if seeding is not None else []:
         assert seeding is not None
         experiments = seed_all(targets, seeding, scale)
-        from bench.seed import matching
-
-        expected = min(100, matching(scale))
+        expected = min(100, seed.matching(scale))
         for system in _rotations(turn, systems):
             progress(f"search@{scale:,}", system)
             target, experiment = targets[system], experiments[system]

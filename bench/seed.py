@@ -124,6 +124,7 @@ def seed_mlflow(database_url: str, experiment_id: str, count: int, seed: int = 1
 
 def seed_cairn(database_url: str, experiment_id: str, count: int, seed: int = 11) -> None:
     from services.tracker.store.models import LatestMetricRow, ParamRow, RunRow
+    from services.tracker.store.store import _parse_number
 
     engine = create_engine(database_url)
     now = int(time.time() * 1000)
@@ -150,7 +151,7 @@ def seed_cairn(database_url: str, experiment_id: str, count: int, seed: int = 11
                 connection.execute(
                     insert(tables[1]),
                     [
-                        {"run_id": run_id, "key": k, "value": v, "value_num": _number(v)}
+                        {"run_id": run_id, "key": k, "value": v, "value_num": _parse_number(v)}
                         for run_id, run_params, _ in chunk
                         for k, v in run_params.items()
                     ],
@@ -166,10 +167,3 @@ def seed_cairn(database_url: str, experiment_id: str, count: int, seed: int = 11
         analyze(engine)
     finally:
         engine.dispose()
-
-
-def _number(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None

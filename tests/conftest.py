@@ -15,8 +15,9 @@ from services.common.settings import Settings
 
 from cairn_testing import PostgresDatabases, ServerThread, make_settings, sqlite_url
 
-# The S3 and GCS emulators' fixtures (tests/artifact_emulators.py), for every test module.
-pytest_plugins = ["artifact_emulators"]
+# Fixtures of the local stand-ins for clouds, for every test module: the S3 and GCS emulators
+# (tests/artifact_emulators.py) and Vertex AI's PipelineService (tests/vertex_api.py).
+pytest_plugins = ["artifact_emulators", "vertex_api"]
 
 DATABASES = ["sqlite", "postgresql"]
 

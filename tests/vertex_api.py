@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
+import pytest
 from google.cloud.aiplatform_v1.types import pipeline_job as pipeline_job_types
 from google.cloud.aiplatform_v1.types import pipeline_service, pipeline_state
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -57,7 +59,7 @@ class FakeVertex:
     # ------------------------------------------------------------------ server
 
     def start(self) -> FakeVertex:
-        def handler(name: str, request_type: Any, response_type: Any, method: Any) -> Any:
+        def handler(request_type: Any, response_type: Any, method: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
                 method,
                 request_deserializer=request_type.deserialize,
@@ -66,13 +68,11 @@ class FakeVertex:
 
         handlers = {
             "CreatePipelineJob": handler(
-                "CreatePipelineJob",
                 pipeline_service.CreatePipelineJobRequest,
                 pipeline_job_types.PipelineJob,
                 self._create,
             ),
             "GetPipelineJob": handler(
-                "GetPipelineJob",
                 pipeline_service.GetPipelineJobRequest,
                 pipeline_job_types.PipelineJob,
                 self._get,
@@ -225,3 +225,11 @@ def _now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
+
+
+@pytest.fixture
+def vertex() -> Iterator[FakeVertex]:
+    """A FakeVertex serving on loopback for one test."""
+    fake = FakeVertex().start()
+    yield fake
+    fake.stop()

@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 TRAINING_METRICS_FILE = "training_metrics.json"
 OUTPUTS_DIR = "outputs"
 MANIFEST_FILE = "manifest.json"
-# Pauses between attempts to collect a finished workload's results (the last: give up).
-RESULTS_RETRY_SECONDS = (2.0, 5.0, 0.0)
+# Pauses before each retry of collecting a finished workload's results; then it gives up.
+RESULTS_RETRY_SECONDS = (2.0, 5.0)
 _TERMINAL_OF_PHASE = {"succeeded": "SUCCEEDED", "failed": "FAILED", "lost": "FAILED"}
 
 
@@ -379,7 +379,9 @@ class Reconciler:
         Cloud Storage); a download that keeps failing (no access, the bucket is gone) is
         retried a few times, then the job ends without them and says why, instead of
         finalizing again and again."""
-        for attempt, pause in enumerate(RESULTS_RETRY_SECONDS, start=1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 results: Path = await self._blocking(self.launcher.results_dir, handle)
                 return results
@@ -390,11 +392,10 @@ class Reconciler:
                     attempt,
                     error,
                 )
-                if attempt == len(RESULTS_RETRY_SECONDS):
+                if attempt > len(RESULTS_RETRY_SECONDS):
                     notes.append(f"could not collect the results: {_first_line(error)}")
                     return self._work_dir(row) / "results-unavailable"
-                await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(RESULTS_RETRY_SECONDS[attempt - 1])
 
     async def _ingest(self, row: JobRow, history: dict[str, Any]) -> None:
         batches = _history_batches(row.job_id, history)

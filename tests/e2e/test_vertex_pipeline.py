@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.pipeline_service.transports import (
     PipelineServiceGrpcTransport,
 )
+from test_scheduler_jobs import in_state
 from vertex_api import FakeVertex, TaskState
 
-from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2, scheduler_service_pb2_grpc
-from cairn.tracker.v1 import run_pb2, tracker_service_pb2, tracker_service_pb2_grpc
+from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2
+from cairn.tracker.v1 import run_pb2, tracker_service_pb2
 from cairn.trainer_runtime import ensure_trainer_runtime
 from services.common.gcs import storage_client
 from services.common.settings import Settings
-from services.scheduler import app as scheduler_app
 from services.scheduler.launchers.vertex import VertexLauncher, pipeline_job_id
 
 from artifact_emulators import Emulator
-from cairn_testing import ServerThread, make_configs
+from cairn_testing import make_configs, scheduler_with_launcher, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -43,23 +38,6 @@ PROJECT = "cairn-e2e"
 LOCATION = "us-central1"
 IMAGE = "us-docker.pkg.dev/cairn-e2e/cairn/trainer:test"
 TASKS = ["CsvExampleGen", "SchemaGen", "StatisticsGen", "Trainer", "Transform"]
-
-
-@pytest.fixture
-def vertex() -> Iterator[FakeVertex]:
-    fake = FakeVertex().start()
-    yield fake
-    fake.stop()
-
-
-def _wait(scheduler: Any, job: job_pb2.Job, states: tuple[int, ...], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = scheduler.GetJob(scheduler_service_pb2.GetJobRequest(name=job.name))
-        if current.state in states:
-            return current
-        assert time.monotonic() < deadline, f"job never got to {states}: {current}"
-        time.sleep(0.5)
 
 
 @pytest.mark.timeout(900)
@@ -82,16 +60,8 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
             transport=PipelineServiceGrpcTransport(channel=vertex.channel())
         ),
     )
-    settings = settings.model_copy(update={"scheduler_poll_seconds": 0.2})
-    server = ServerThread(
-        settings,
-        ("tracker", "scheduler"),
-        specs={"scheduler": partial(scheduler_app.build_spec, launcher=launcher)},
-    ).start()
-    channels = [grpc.insecure_channel(server.address(s)) for s in ("scheduler", "tracker")]
-    scheduler = scheduler_service_pb2_grpc.SchedulerServiceStub(channels[0])
-    tracker = tracker_service_pb2_grpc.TrackerServiceStub(channels[1])
-    try:
+    with scheduler_with_launcher(settings, launcher, scheduler_poll_seconds=0.2) as stack:
+        scheduler, tracker = stack.scheduler, stack.tracker
         configs = make_configs(scheduler, sample_csv)
         job = scheduler.CreateJob(
             scheduler_service_pb2.CreateJobRequest(
@@ -104,7 +74,9 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
                 )
             )
         )
-        running = _wait(scheduler, job, (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_FAILED), 600)
+        running = wait_job(
+            scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_FAILED), 600
+        )
         assert running.state == job_pb2.JOB_STATE_RUNNING, running.error_message
         name = f"projects/{PROJECT}/locations/{LOCATION}/pipelineJobs/"
         name += pipeline_job_id(running.job_id)
@@ -153,7 +125,9 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
             vertex.task(name, task, TaskState.SUCCEEDED)
         vertex.succeed(name)
 
-        done = _wait(scheduler, job, (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED), 120)
+        done = wait_job(
+            scheduler, job, in_state(job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED), 120
+        )
         assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error_message
         assert "test/recall_at_100" in done.final_metrics
         run = tracker.GetRun(
@@ -169,7 +143,3 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
         assert "schema.pbtxt" in paths
         assert "training_metrics.json" in paths
         assert any(p.startswith("serving_model/") for p in paths)
-    finally:
-        for channel in channels:
-            channel.close()
-        server.stop()

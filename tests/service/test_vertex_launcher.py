@@ -11,7 +11,6 @@ same shape, so these tests stay fast."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +78,6 @@ class Compiles:
     def __call__(self, spec: LaunchSpec, root: str) -> dict[str, Any]:
         self.calls.append((spec.job_id, root))
         return pipeline_document(spec.job_id)
-
-
-@pytest.fixture
-def vertex() -> Iterator[FakeVertex]:
-    fake = FakeVertex().start()
-    yield fake
-    fake.stop()
 
 
 def pipeline_client(vertex: FakeVertex) -> aiplatform_v1.PipelineServiceClient:
@@ -438,7 +430,7 @@ def test_results_that_cannot_be_collected_end_the_job_with_a_note(
 ) -> None:
     """A results bucket the scheduler cannot read (gone, or no access): a few attempts,
     then the job ends and says why, instead of finalizing again and again."""
-    monkeypatch.setattr(reconciler, "RESULTS_RETRY_SECONDS", (0.1, 0.1, 0.0))
+    monkeypatch.setattr(reconciler, "RESULTS_RETRY_SECONDS", (0.1, 0.1))
     launcher = make_launcher(vertex, "no-such-bucket")
     with scheduler_with_launcher(settings, launcher, scheduler_poll_seconds=0.1) as stack:
         configs = make_configs(stack.scheduler, sample_csv)

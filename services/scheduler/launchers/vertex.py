@@ -295,19 +295,12 @@ class VertexLauncher:
             return WorkloadStatus("lost", message=f"the Vertex AI PipelineJob {name} is gone")
         state = job.state.name
         phase = _PHASES.get(state, "pending")
-        tasks = {
-            t.task_name: t.state.name
-            for t in job.job_detail.task_details
-            if t.task_name in TASK_STAGES
-        }
+        # Only the pipeline's components: Vertex also lists the root DAG as a task.
+        ours = [t for t in job.job_detail.task_details if t.task_name in TASK_STAGES]
+        tasks = {t.task_name: t.state.name for t in ours}
         done = [n for n in TASK_STAGES if tasks.get(n) in _DONE_TASK_STATES]
         running = [n for n in TASK_STAGES if tasks.get(n) in _RUNNING_TASK_STATES]
-        # Only the pipeline's components: Vertex also lists the root DAG as a task, FAILED too.
-        failed_tasks = [
-            t
-            for t in job.job_detail.task_details
-            if t.state.name == "FAILED" and t.task_name in TASK_STAGES
-        ]
+        failed_tasks = [t for t in ours if t.state.name == "FAILED"]
         current = running[-1] if running else (done[-1] if done else "")
         stage = TASK_STAGES.get(current, "")
         progress = 100.0 * len(done) / len(TASK_STAGES)
