@@ -19,7 +19,6 @@ from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.pipeline_service.transports import (
     PipelineServiceGrpcTransport,
 )
-from test_scheduler_jobs import in_state
 from vertex_api import FakeVertex, TaskState
 
 from cairn.scheduler.v1 import job_pb2, scheduler_service_pb2
@@ -75,7 +74,10 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
             )
         )
         running = wait_job(
-            scheduler, job, in_state(job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_FAILED), 600
+            scheduler,
+            job,
+            lambda j: j.state in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_FAILED),
+            600,
         )
         assert running.state == job_pb2.JOB_STATE_RUNNING, running.error_message
         name = f"projects/{PROJECT}/locations/{LOCATION}/pipelineJobs/"
@@ -126,7 +128,10 @@ def test_a_quick_test_compiles_runs_and_reports_through_vertex(
         vertex.succeed(name)
 
         done = wait_job(
-            scheduler, job, in_state(job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED), 120
+            scheduler,
+            job,
+            lambda j: j.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED),
+            120,
         )
         assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error_message
         assert "test/recall_at_100" in done.final_metrics
