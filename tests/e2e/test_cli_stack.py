@@ -119,7 +119,13 @@ def test_up_banner_never_prints_the_database_password(
     try:
         result = cairn("up", "--detach", "--data-dir", str(data_dir), env=env)
         assert result.returncode == 0, result.stdout + result.stderr
+        # `up --detach` returns once the services answer; the banner may reach the log a
+        # moment later (seen under load in CI).
+        deadline = time.monotonic() + 15
         log = (data_dir / "cairn.log").read_text()
+        while "Cairn is up" not in log and time.monotonic() < deadline:
+            time.sleep(0.2)
+            log = (data_dir / "cairn.log").read_text()
         assert "Cairn is up" in log
         assert ":***@" in log
         assert PASSWORD not in log + result.stdout + result.stderr
