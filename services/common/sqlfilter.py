@@ -135,9 +135,7 @@ class FilterCompiler:
             case Not(operand=operand):
                 return not_(self.compile(operand))
             case Comparison(field=field, op=op, value=value):
-                _check_literals(field, [value])
-                if "LIKE" in op:
-                    _check_like_pattern(field, str(value))
+                _check_comparison(field, op, value)
                 return self._resolve(field).comparison(op, value)
             case InList(field=field, values=values, negated=negated):
                 _check_literals(field, values)
@@ -146,6 +144,23 @@ class FilterCompiler:
                 _check_literals(field, [])
                 return self._resolve(field).null_check(negated)
         raise TypeError(f"unknown filter node {node!r}")
+
+
+def _check_comparison(field: FieldRef, op: str, value: Value) -> None:
+    _check_literals(field, [value])
+    if "LIKE" in op:
+        _check_like_pattern(field, str(value))
+
+
+def joined_condition(node: Comparison | InList, field: KeyValueField) -> ColumnElement[bool]:
+    """`node`'s condition on the row of `field`'s table itself, without the EXISTS: for a
+    conjunct whose row the query already inner-joins (a sort key the filter constrains).
+    Equivalent to the EXISTS because an owner has at most one row per key."""
+    if isinstance(node, Comparison):
+        _check_comparison(node.field, node.op, node.value)
+        return field.value_condition(node.op, node.value)
+    _check_literals(node.field, node.values)
+    return field.membership(node.values, node.negated)
 
 
 class FieldSql:
@@ -178,7 +193,7 @@ class KeyValueField(FieldSql):
     def _exists(self, condition: ColumnElement[bool]) -> ColumnElement[bool]:
         return exists().where(self.link, self.key_match, condition)
 
-    def _value_condition(self, op: str, value: Value) -> ColumnElement[bool]:
+    def value_condition(self, op: str, value: Value) -> ColumnElement[bool]:
         c = self.table.c
         if self.value_kind == "number":
             if not _is_number(value):
@@ -195,9 +210,12 @@ class KeyValueField(FieldSql):
         return _compare(c.value, op, _text_value(self.field, value))
 
     def comparison(self, op: str, value: Value) -> ColumnElement[bool]:
-        return self._exists(self._value_condition(op, value))
+        return self._exists(self.value_condition(op, value))
 
     def in_list(self, values: Sequence[Value], negated: bool) -> ColumnElement[bool]:
+        return self._exists(self.membership(values, negated))
+
+    def membership(self, values: Sequence[Value], negated: bool) -> ColumnElement[bool]:
         c = self.table.c
         numbers = [float(v) for v in values if _is_number(v)]
         texts = [_text_value(self.field, v) for v in values if not _is_number(v)]
@@ -217,7 +235,7 @@ class KeyValueField(FieldSql):
             membership = c.value.in_(
                 texts + [_text_value(self.field, n) for n in values if _is_number(n)]
             )
-        return self._exists(not_(membership) if negated else membership)
+        return not_(membership) if negated else membership
 
     def null_check(self, negated: bool) -> ColumnElement[bool]:
         present = exists().where(self.link, self.key_match)
@@ -321,6 +339,10 @@ def compile_filter(
 class SortColumn:
     expression: Any
     descending: bool
+    # The query guarantees a value (an inner join whose filter rejects NULL): a plain ASC/DESC
+    # then lets the database read an index in order instead of sorting every match (no
+    # index gives PostgreSQL's DESC NULLS LAST without a sort).
+    never_null: bool = False
 
 
 def order_error(field: FieldRef, message: str) -> InvalidArgument:
@@ -333,9 +355,11 @@ def order_error(field: FieldRef, message: str) -> InvalidArgument:
 
 
 def order_clauses(columns: Sequence[SortColumn]) -> list[Any]:
-    return [
-        (c.expression.desc() if c.descending else c.expression.asc()).nulls_last() for c in columns
-    ]
+    clauses = []
+    for column in columns:
+        clause = column.expression.desc() if column.descending else column.expression.asc()
+        clauses.append(clause if column.never_null else clause.nulls_last())
+    return clauses
 
 
 def keyset_after(columns: Sequence[SortColumn], values: Sequence[Any]) -> ColumnElement[bool]:
@@ -351,7 +375,9 @@ def keyset_after(columns: Sequence[SortColumn], values: Sequence[Any]) -> Column
             continue  # nothing sorts after NULL within this column (nulls last)
         expr = column.expression
         beyond = expr < value if column.descending else expr > value
-        alternatives.append(and_(*equal_prefix, or_(beyond, expr.is_(None))))
+        if not column.never_null:
+            beyond = or_(beyond, expr.is_(None))
+        alternatives.append(and_(*equal_prefix, beyond))
     return or_(*alternatives) if alternatives else false()
 
 

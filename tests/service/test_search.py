@@ -477,6 +477,53 @@ def test_paging_gives_the_sequence_of_one_big_page(data: DataSet, order_by: str)
     assert [label for page in pages for label in page] == whole
 
 
+# (filter, order_by) where the filter constrains the sort key at its top level: the store
+# then inner-joins that key and checks the condition on the joined row (the plan an index
+# can serve). The same searches without that overlap take the general path.
+CONSTRAINED_SORTS = [
+    ("metrics.acc > 0.55", "metrics.acc DESC"),
+    ("metrics.acc > 0.55", "metrics.acc"),
+    ("metrics.acc != 0.9 AND status = 'FINISHED'", "metrics.acc DESC"),
+    ("metrics.acc IN (0.5, 0.6, 0.9)", "metrics.acc"),
+    ("metrics.acc NOT IN (0.9) AND metrics.acc >= 0.5", "metrics.acc DESC"),
+    ("params.depth > 2", "params.depth DESC"),
+    ("params.depth >= 5 AND params.depth < 20", "params.depth"),
+    ("params.depth IN (5, 'auto')", "params.depth DESC"),
+    ("params.model LIKE '%i%'", "params.model DESC"),
+    ("params.model NOT IN ('x', 'linear')", "params.model"),
+    ("tags.team ILIKE 's%'", "tags.team"),
+    ("tags.team != 'ads' AND metrics.acc > 0.5", "tags.team DESC, metrics.acc"),
+    ("metrics.acc > 0.5 OR params.depth > 5", "metrics.acc DESC"),  # not top level
+]
+
+
+@pytest.mark.parametrize(("filter_text", "order_by"), CONSTRAINED_SORTS)
+def test_a_filter_on_the_sort_key_keeps_order_and_paging(
+    data: DataSet, filter_text: str, order_by: str
+) -> None:
+    matching = set(data.search(filter_text))  # ordered by start_time: the general path
+    expected = [label for label in data.search(order_by=order_by) if label in matching]
+    assert expected, "each case selects some runs"
+    assert data.search(filter_text, order_by=order_by) == expected
+    paged: list[str] = []
+    token = ""
+    while True:
+        response = data.tracker.SearchRuns(
+            pb.SearchRunsRequest(
+                experiment_ids=[data.experiments[e] for e in "AB"],
+                filter=filter_text,
+                order_by=order_by,
+                page_size=2,
+                page_token=token,
+            )
+        )
+        paged.extend(data.labels[r.run_id] for r in response.runs)
+        token = response.next_page_token
+        if not token:
+            break
+    assert paged == expected
+
+
 def test_paging_through_a_filtered_search(data: DataSet) -> None:
     filter_text = "params.depth IS NOT NULL"
     whole = data.search(filter_text, order_by="params.depth")
@@ -762,3 +809,24 @@ def test_order_and_paging_with_infinities_and_nan(shared_tracker: TrackerStub) -
         )
     )
     assert [names[r.run_id] for r in found.runs] == ["pos-inf"]
+    # A filter on the sort key itself (its inner-joined plan): NaN fails every comparison.
+    found = shared_tracker.SearchRuns(
+        pb.SearchRunsRequest(
+            experiment_ids=[experiment.experiment_id],
+            filter="metrics.score != 1",
+            order_by="metrics.score DESC",
+            page_size=2,
+        )
+    )
+    assert [names[r.run_id] for r in found.runs] == ["pos-inf", "zero"]
+    second = shared_tracker.SearchRuns(
+        pb.SearchRunsRequest(
+            experiment_ids=[experiment.experiment_id],
+            filter="metrics.score != 1",
+            order_by="metrics.score DESC",
+            page_size=2,
+            page_token=found.next_page_token,
+        )
+    )
+    assert [names[r.run_id] for r in second.runs] == ["neg-inf"]
+    assert not second.next_page_token

@@ -15,18 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, select
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, func, literal, select
 from sqlalchemy.orm import aliased
 
 from services.common.errors import InvalidArgument
-from services.common.filtering import FieldRef, Node, OrderKey
+from services.common.filtering import And, Comparison, FieldRef, InList, Node, OrderKey
 from services.common.sqlfilter import (
     Attribute,
     AttributeField,
     FieldSql,
     KeyValueField,
     SortColumn,
+    ValueKind,
     compile_filter,
+    joined_condition,
     order_error,
     resolve_attribute,
 )
@@ -89,14 +91,23 @@ EXPERIMENT_ATTRIBUTES: dict[str, Attribute] = {
 EXPERIMENT_ATTRIBUTE_ALIASES = {"name": "display_name", "id": "experiment_id"}
 
 
+# A run's key-value fields: their table and what their values are.
+_KEY_VALUE_TABLES: dict[str, tuple[Table, ValueKind]] = {
+    "params": (table_of(ParamRow), "text_or_number"),
+    "tags": (table_of(RunTagRow), "text"),
+    "metrics": (table_of(LatestMetricRow), "number"),
+}
+
+
+def _key_value_field(field: FieldRef, table: FromClause | None = None) -> KeyValueField:
+    """The field's SQL over its table, or over `table` (an alias of it joined by the query)."""
+    own, kind = _KEY_VALUE_TABLES[field.kind]
+    return KeyValueField(field, own if table is None else table, _runs.c.run_id, kind)
+
+
 def _run_field(field: FieldRef) -> FieldSql:
-    owner = _runs.c.run_id
-    if field.kind == "params":
-        return KeyValueField(field, table_of(ParamRow), owner, "text_or_number")
-    if field.kind == "tags":
-        return KeyValueField(field, table_of(RunTagRow), owner, "text")
-    if field.kind == "metrics":
-        return KeyValueField(field, table_of(LatestMetricRow), owner, "number")
+    if field.kind in _KEY_VALUE_TABLES:
+        return _key_value_field(field)
     return AttributeField(
         field, resolve_attribute(field, RUN_ATTRIBUTES, RUN_ATTRIBUTE_ALIASES, "run")
     )
@@ -131,10 +142,24 @@ def compile_experiment_filter(node: Node | None) -> ColumnElement[bool]:
 # ---------------------------------------------------------------- ordering
 
 
-def apply_run_order(
-    query: Select[Any], keys: Sequence[OrderKey]
-) -> tuple[Select[Any], list[SortColumn]]:
-    """Joins what the sort needs and returns the sort columns, run_id last as tie-breaker."""
+def plan_run_query(
+    query: Select[Any], keys: Sequence[OrderKey], filter_node: Node | None
+) -> tuple[Select[Any], list[SortColumn], ColumnElement[bool]]:
+    """Joins what the sort needs; returns the query, the sort columns (run_id last as
+    tie-breaker) and the WHERE condition of the filter.
+
+    A sort key that the filter also constrains at its top level (`metrics.accuracy > 0.5 ...
+    ORDER BY metrics.accuracy DESC`) is inner-joined and its conjuncts are checked on that
+    joined row instead of in an EXISTS: every match has the key, so the database can read
+    the (key, value) index in order and stop at the page's end instead of sorting every
+    match (100,000 runs: a few hundred index entries instead of a sort of tens of
+    thousands)."""
+    conjuncts: list[Node] = (
+        list(filter_node.operands)
+        if isinstance(filter_node, And)
+        else ([] if filter_node is None else [filter_node])
+    )
+    conditions: list[ColumnElement[bool]] = []
     columns: list[SortColumn] = []
     for index, key in enumerate(keys):
         field = key.field
@@ -148,17 +173,30 @@ def apply_run_order(
                 continue  # always the final tie-breaker below
             columns.append(SortColumn(attribute.column, key.descending))
             continue
-        table: Any = {"params": ParamRow, "tags": RunTagRow, "metrics": LatestMetricRow}[field.kind]
-        alias = aliased(table, name=f"sort_{index}")
-        query = query.outerjoin(
-            alias, and_(alias.run_id == _runs.c.run_id, alias.key == literal(field.key))
-        )
-        # Params sort by number when they are numbers, then by text.
+        table = _KEY_VALUE_TABLES[field.kind][0].alias(f"sort_{index}")
+        match = and_(table.c.run_id == _runs.c.run_id, table.c.key == literal(field.key))
+        constraining = [
+            c for c in conjuncts if isinstance(c, Comparison | InList) and c.field == field
+        ]
+        if constraining:
+            query = query.join(table, match)
+            joined = _key_value_field(field, table)
+            for conjunct in constraining:
+                conjuncts.remove(conjunct)
+                conditions.append(joined_condition(conjunct, joined))
+        else:
+            query = query.outerjoin(table, match)
+        # Params sort by number when they are numbers, then by text. A joined row always
+        # has a value, except a metric whose latest value is NaN (stored as NULL), and every
+        # metric condition rejects that one.
         if field.kind == "params":
-            columns.append(SortColumn(alias.value_num, key.descending))
-        columns.append(SortColumn(alias.value, key.descending))
-    columns.append(SortColumn(_runs.c.run_id, False))
-    return query, columns
+            columns.append(SortColumn(table.c.value_num, key.descending))
+        columns.append(SortColumn(table.c.value, key.descending, never_null=bool(constraining)))
+    columns.append(SortColumn(_runs.c.run_id, False, never_null=True))
+    remaining = (
+        None if not conjuncts else conjuncts[0] if len(conjuncts) == 1 else And(tuple(conjuncts))
+    )
+    return query, columns, and_(*conditions, compile_run_filter(remaining))
 
 
 def apply_experiment_order(keys: Sequence[OrderKey]) -> list[SortColumn]:

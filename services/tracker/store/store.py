@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     Numeric,
     Text,
@@ -62,10 +63,10 @@ from services.tracker.store.models import (
 )
 from services.tracker.store.search import (
     apply_experiment_order,
-    apply_run_order,
     compile_experiment_filter,
     compile_run_filter,
     join_run_values,
+    plan_run_query,
 )
 
 Lifecycle = Literal["ACTIVE", "DELETED", "ALL"]
@@ -646,24 +647,29 @@ class TrackerStore:
             return runs
         by_id = {run.run_id: run for run in runs}
         ids = list(by_id)
-        for run_id, key, value in session.execute(
-            select(_params.c.run_id, _params.c.key, _params.c.value).where(
-                _params.c.run_id.in_(ids)
+        # Core rows, not ORM objects, and maps filled a run at a time: a search page of 100
+        # runs carries about 1,500 of these values.
+        for table, target in ((_params, "params"), (_run_tags, "tags")):
+            values: dict[str, dict[str, str]] = {}
+            for run_id, key, value in session.execute(
+                select(table.c.run_id, table.c.key, table.c.value).where(table.c.run_id.in_(ids))
+            ):
+                values.setdefault(run_id, {})[key] = value
+            for run_id, entries in values.items():
+                getattr(by_id[run_id], target).update(entries)
+        latest = _latest.c
+        for run_id, key, value, step, timestamp in session.execute(
+            select(latest.run_id, latest.key, latest.value, latest.step, latest.timestamp)
+            .where(latest.run_id.in_(ids))
+            .order_by(latest.run_id, latest.key)
+        ):
+            seconds, millis = divmod(timestamp, 1000)
+            by_id[run_id].metrics.add(
+                key=key,
+                value=convert.metric_value_from_db(value),
+                step=step,
+                timestamp=Timestamp(seconds=seconds, nanos=millis * 1_000_000),
             )
-        ):
-            by_id[run_id].params[key] = value
-        for run_id, key, value in session.execute(
-            select(_run_tags.c.run_id, _run_tags.c.key, _run_tags.c.value).where(
-                _run_tags.c.run_id.in_(ids)
-            )
-        ):
-            by_id[run_id].tags[key] = value
-        for metric in session.scalars(
-            select(LatestMetricRow)
-            .where(LatestMetricRow.run_id.in_(ids))
-            .order_by(LatestMetricRow.run_id, LatestMetricRow.key)
-        ):
-            by_id[metric.run_id].metrics.append(convert.latest_metric_to_proto(metric))
         if view == run_pb2.RUN_VIEW_FULL:
             for artifact in session.scalars(
                 select(ArtifactRow).where(ArtifactRow.run_id.in_(ids)).order_by(ArtifactRow.path)
@@ -677,23 +683,30 @@ class TrackerStore:
         return runs
 
     def search_runs(self, query: RunQuery) -> Page[run_pb2.Run]:
-        statement = select(RunRow)
-        statement, columns = apply_run_order(statement, query.order)
-        statement = (
-            statement.add_columns(*select_sort_values(columns))
+        """Late materialization: the first query picks the page reading only what the filter
+        and the sort need (run ids and sort values); the page's runs are read afterwards. A
+        sort then carries ids, not whole rows, and an index can serve it."""
+        chosen: Select[Any] = select(_runs.c.run_id)
+        chosen, columns, where = plan_run_query(chosen, query.order, query.filter)
+        chosen = (
+            chosen.add_columns(*select_sort_values(columns))
             .where(_lifecycle_condition(_runs.c.lifecycle_state, query.lifecycle))
-            .where(compile_run_filter(query.filter))
+            .where(where)
             .order_by(*order_clauses(columns))
             .limit(query.page_size + 1)
         )
         if query.experiment_ids:
-            statement = statement.where(_runs.c.experiment_id.in_(list(query.experiment_ids)))
+            chosen = chosen.where(_runs.c.experiment_id.in_(list(query.experiment_ids)))
         if query.after is not None:
-            statement = statement.where(keyset_after(columns, query.after))
+            chosen = chosen.where(keyset_after(columns, query.after))
         with self.db.read() as session:
-            result = session.execute(statement).all()
-            page = result[: query.page_size]
-            items = self._runs_to_proto(session, [r[0] for r in page], query.view)
+            result = session.execute(chosen).all()
+            page_ids = [r[0] for r in result[: query.page_size]]
+            rows = {
+                row.run_id: row
+                for row in session.scalars(select(RunRow).where(RunRow.run_id.in_(page_ids)))
+            }
+            items = self._runs_to_proto(session, [rows[i] for i in page_ids], query.view)
         return Page(items, _next_position(result, query.page_size, len(columns)))
 
     def query_run_table(
@@ -711,12 +724,12 @@ class TrackerStore:
         only what the filter and the sort need; the value columns are joined for those rows
         alone. A top 10 of 10,000 runs then joins its params for 10 runs, not 10,000."""
         chosen: Select[Any] = select(_runs.c.run_id)
-        chosen, sort = apply_run_order(chosen, order)
+        chosen, sort, where = plan_run_query(chosen, order, filter_node)
         clauses = order_clauses(sort)
         chosen = (
             chosen.add_columns(func.row_number().over(order_by=clauses).label("row_rank"))
             .where(_lifecycle_condition(_runs.c.lifecycle_state, lifecycle))
-            .where(compile_run_filter(filter_node))
+            .where(where)
             .order_by(*clauses)
             .limit(limit + 1)
         )
