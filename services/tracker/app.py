@@ -16,7 +16,7 @@ from services.common.migrations import upgrade, verify_schema
 from services.common.paging import PageTokenCodec
 from services.common.server import ServiceSpec
 from services.common.settings import Settings
-from services.tracker.artifact_store import open_artifact_store, run_prefix
+from services.tracker.artifact_store import open_artifact_store
 from services.tracker.service import TrackerService
 from services.tracker.servicer import TrackerServicer
 from services.tracker.store.store import TrackerStore
@@ -44,9 +44,7 @@ def build_service(settings: Settings) -> tuple[TrackerService, Database]:
     else:
         verify_schema(SERVICE, database, MIGRATIONS)
     artifacts = open_artifact_store(settings.resolved_artifact_root())
-    store = TrackerStore(
-        database, lambda experiment_id, run_id: artifacts.uri_for(run_prefix(experiment_id, run_id))
-    )
+    store = TrackerStore(database, artifacts.run_uri)
     return TrackerService(store, artifacts, PageTokenCodec(settings.page_token_secret)), database
 
 

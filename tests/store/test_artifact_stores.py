@@ -282,6 +282,12 @@ def test_uri_for(store: ArtifactStore) -> None:
         scheme = "gs" if isinstance(store, GcsArtifactStore) else "s3"
         assert store.root_uri.startswith(f"{scheme}://cairn-test-artifacts/t/")
         assert uri == f"{store.root_uri}/{key}"
+    # A run's URI (what every Run message carries) is the uri_for of its prefix.
+    experiment_id, run_id = new_run()
+    prefix = run_prefix(experiment_id, run_id)
+    assert store.run_uri(experiment_id, run_id) == store.uri_for(prefix)
+    with pytest.raises(InvalidArgument):
+        store.run_uri("../e", run_id)
 
 
 # Local store specifics.
