@@ -612,15 +612,22 @@ class TrackerService:
         self.store.delete_run_tag(self._run_id(run, "run"), key)
 
     def log_metrics(
-        self, run: str, batch_id: str, metrics: Sequence[metric_pb2.Metric]
+        self,
+        run: str,
+        batch_id: str,
+        metrics: Sequence[metric_pb2.Metric],
+        columns: metric_pb2.MetricPointColumns | None = None,
     ) -> tuple[int, bool]:
         _check_text(batch_id, "batch_id", MAX_ID_LENGTH)
-        if len(metrics) > MAX_POINTS_PER_BATCH:
+        count = len(metrics) + (0 if columns is None else len(columns.key_indexes))
+        if count > MAX_POINTS_PER_BATCH:
             raise InvalidArgument(
-                f"at most {MAX_POINTS_PER_BATCH} points per batch, got {len(metrics)}",
+                f"at most {MAX_POINTS_PER_BATCH} points per batch, got {count}",
                 field="metrics",
             )
         points = metric_tuples(metrics)
+        if columns is not None:
+            points.extend(column_tuples(columns))
         return self.store.log_metrics(
             self._run_id(run, "run"), batch_id, points, points_fingerprint(points)
         )
@@ -841,6 +848,53 @@ def metric_tuples(metrics: Sequence[metric_pb2.Metric]) -> list[MetricPointTuple
         timestamp = _timestamp_ms(ts, "metrics.timestamp") if (ts.seconds or ts.nanos) else now
         points.append((key, metric.value, metric.step, timestamp))
     return points
+
+
+def column_tuples(columns: metric_pb2.MetricPointColumns) -> list[MetricPointTuple]:
+    """Validates columnar points and turns them into (key, value, step, timestamp_ms) tuples,
+    column at a time: no Python work per point beyond building its tuple."""
+    count = len(columns.key_indexes)
+    if len(columns.steps) != count or len(columns.values) != count:
+        raise InvalidArgument(
+            f"columns.key_indexes, steps and values must be equally long; got {count}, "
+            f"{len(columns.steps)} and {len(columns.values)}",
+            field="columns",
+        )
+    if columns.timestamp_ms and len(columns.timestamp_ms) != count:
+        raise InvalidArgument(
+            f"columns.timestamp_ms must be empty or as long as the other columns ({count}); "
+            f"got {len(columns.timestamp_ms)}",
+            field="columns.timestamp_ms",
+        )
+    if count == 0:
+        return []
+    names = list(columns.keys)
+    for name in set(names):
+        _check_key(name, "columns.keys")
+    indexes = list(columns.key_indexes)
+    if min(indexes) < 0 or max(indexes) >= len(names):
+        raise InvalidArgument(
+            f"columns.key_indexes must lie in 0..{len(names) - 1} (the indexes of "
+            f"columns.keys); got {min(indexes)} to {max(indexes)}",
+            field="columns.key_indexes",
+        )
+    now = now_ms()
+    if columns.timestamp_ms:
+        stamps = list(columns.timestamp_ms)
+        low, high = min(stamps), max(stamps)
+        if low < MIN_TIMESTAMP_SECONDS * 1000 or high > MAX_TIMESTAMP_SECONDS * 1000 + 999:
+            bad = low if low < MIN_TIMESTAMP_SECONDS * 1000 else high
+            raise InvalidArgument(
+                f"columns.timestamp_ms holds {bad}, not a valid time: it must lie between "
+                "the years 1 and 9999",
+                field="columns.timestamp_ms",
+            )
+        if 0 in stamps:
+            stamps = [stamp or now for stamp in stamps]
+    else:
+        stamps = [now] * count
+    keys = [names[0]] * count if len(names) == 1 else [names[i] for i in indexes]
+    return list(zip(keys, columns.values, columns.steps, stamps, strict=True))
 
 
 def _mask_fields(paths: Sequence[str], allowed: Sequence[str], field: str) -> set[str]:

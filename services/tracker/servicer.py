@@ -249,7 +249,11 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
         self, request: pb.LogMetricsRequest, context: Context
     ) -> pb.LogMetricsResponse:
         stored, duplicate = await self.run(
-            self.service.log_metrics, request.run, request.batch_id, request.metrics
+            self.service.log_metrics,
+            request.run,
+            request.batch_id,
+            request.metrics,
+            request.columns if request.HasField("columns") else None,
         )
         return pb.LogMetricsResponse(stored_point_count=stored, duplicate=duplicate)
 
@@ -275,7 +279,11 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
                     account(await pending)
                 pending = asyncio.ensure_future(
                     self.run(
-                        self.service.log_metrics, message.run, message.batch_id, message.metrics
+                        self.service.log_metrics,
+                        message.run,
+                        message.batch_id,
+                        message.metrics,
+                        message.columns if message.HasField("columns") else None,
                     )
                 )
             if pending is not None:

@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pandas as pd
@@ -306,3 +307,30 @@ def test_stream_metrics_bulk_ingest_is_idempotent_with_a_batch_prefix(
     assert len(history) == 25_000
     assert history[7].timestamp is not None
     assert int(history[7].timestamp.timestamp() * 1000) == 1_700_000_000_007
+
+
+def test_stream_metrics_several_keys_mixed_timestamps_and_bad_points(
+    client: cairn.Tracker,
+) -> None:
+    run = client.start_run("bulk-mixed")
+    before = int(time.time() * 1000)
+    points: list[Any] = []
+    for step in range(30):
+        points.append(("loss", 1.0 / (step + 1), step, 1_700_000_000_000 + step))
+        points.append(("acc", step / 30, step))  # no timestamp: the client's clock
+    points.append(("acc", float("nan"), 30))
+    assert client.stream_metrics(iter(points), batch_size=7) == 61
+    loss = client.get_metric_history(run.run_id, "loss")
+    assert [(p.step, p.value) for p in loss] == [(s, 1.0 / (s + 1)) for s in range(30)]
+    assert loss[3].timestamp is not None
+    assert int(loss[3].timestamp.timestamp() * 1000) == 1_700_000_000_003
+    acc = client.get_metric_history(run.run_id, "acc")
+    assert [p.step for p in acc] == list(range(31))
+    assert math.isnan(acc[-1].value)
+    assert acc[0].timestamp is not None
+    assert acc[0].timestamp.timestamp() * 1000 >= before - 1_000
+    with pytest.raises(cairn.InvalidArgumentError):
+        client.stream_metrics([("loss", "not a number", 1)])  # type: ignore[list-item]
+    with pytest.raises(cairn.InvalidArgumentError):
+        client.stream_metrics([("bad\x00key", 1.0, 1)])
+    assert len(client.get_metric_history(run.run_id, "loss")) == 30

@@ -436,6 +436,25 @@ def test_stream_metrics_json_array_and_single_message(client: httpx.Client) -> N
     assert "[1].metrics" in error["message"]
     history = ok(client.get(f"/v1/{name}:metricHistory", params={"metricKey": "acc"}))
     assert len(history["points"]) == 5
+    # The columnar form of a batch, as JSON arrays.
+    columnar = {
+        "batchId": "columns-0",
+        "columns": {
+            "keys": ["acc", "lr"],
+            "keyIndexes": [0, 1, 1],
+            "steps": ["5", 5, 6],
+            "values": [0.6, 0.01, "NaN"],
+            "timestampMs": ["1700000000000", 0, 0],
+        },
+    }
+    assert ok(client.post(f"/v1/{name}:streamMetrics", json=[columnar])) == {
+        "batchCount": "1",
+        "storedPointCount": "3",
+    }
+    history = ok(client.get(f"/v1/{name}:metricHistory", params={"metricKey": "lr"}))
+    assert [(p["step"], p["value"]) for p in history["points"]] == [("5", 0.01), ("6", "NaN")]
+    history = ok(client.get(f"/v1/{name}:metricHistory", params={"metricKey": "acc"}))
+    assert history["points"][-1]["timestamp"] == "2023-11-14T22:13:20Z"
 
 
 # =====================================================================================

@@ -227,6 +227,160 @@ def test_log_metrics_to_unknown_run_is_not_found(shared_tracker: TrackerStub) ->
     expect_error(grpc.StatusCode.NOT_FOUND, history, shared_tracker, ghost, "m")
 
 
+# ------------------------------------------------------------------ columnar batches
+
+
+def columns(
+    points: list[tuple[str, float, int, int]], keys: list[str] | None = None
+) -> metric_pb2.MetricPointColumns:
+    """(key, value, step, timestamp_ms) points as MetricPointColumns (timestamp 0: server's)."""
+    names = keys or list(dict.fromkeys(p[0] for p in points))
+    return metric_pb2.MetricPointColumns(
+        keys=names,
+        key_indexes=[names.index(p[0]) for p in points],
+        values=[p[1] for p in points],
+        steps=[p[2] for p in points],
+        timestamp_ms=[p[3] for p in points],
+    )
+
+
+def test_columnar_batches_store_the_same_points(
+    shared_tracker: TrackerStub, run: run_pb2.Run
+) -> None:
+    points = [("loss", 1.0 / (s + 1), s, T0 + s) for s in range(5)]
+    points += [("acc", math.nan, 0, T0), ("acc", math.inf, 1, 0)]
+    response = shared_tracker.LogMetrics(
+        pb.LogMetricsRequest(
+            run=run.name,
+            batch_id="columns-1",
+            metrics=[metric("lr", 0.1, step=0, timestamp_ms=T0)],
+            columns=columns(points),
+        )
+    )
+    assert (response.stored_point_count, response.duplicate) == (8, False)
+    loss = history(shared_tracker, run, "loss")
+    assert steps_and_values(loss) == [(s, 1.0 / (s + 1)) for s in range(5)]
+    assert [p.timestamp.ToMilliseconds() for p in loss.points] == [T0 + s for s in range(5)]
+    acc = history(shared_tracker, run, "acc").points
+    assert math.isnan(acc[0].value) and acc[0].timestamp.ToMilliseconds() == T0
+    # Timestamp 0 is the server's clock, as an unset Timestamp is.
+    assert acc[1].value == math.inf
+    assert abs(acc[1].timestamp.ToMilliseconds() - run.create_time.ToMilliseconds()) < 60_000
+    assert steps_and_values(history(shared_tracker, run, "lr")) == [(0, 0.1)]
+    assert latest(shared_tracker, run)["acc"].value == math.inf
+    # Without timestamps at all every point takes the server's clock.
+    bare = columns([("bare", 2.0, 3, 0)])
+    del bare.timestamp_ms[:]
+    log = shared_tracker.LogMetrics(pb.LogMetricsRequest(run=run.name, columns=bare))
+    assert log.stored_point_count == 1
+    (point,) = history(shared_tracker, run, "bare").points
+    assert abs(point.timestamp.ToMilliseconds() - run.create_time.ToMilliseconds()) < 60_000
+
+
+def test_a_batch_is_the_same_in_either_form(shared_tracker: TrackerStub, run: run_pb2.Run) -> None:
+    """The batch fingerprint is over the points, not their encoding: a batch first sent as
+    Metric messages and retried as columns (or the other way) is a duplicate, and other
+    points under its id are still refused."""
+    points = [("loss", float(s), s, T0) for s in range(10)]
+    first = log_metrics(
+        shared_tracker, run, [metric(k, v, step=s, timestamp_ms=t) for k, v, s, t in points], "b"
+    )
+    assert first.stored_point_count == 10
+    retry = shared_tracker.LogMetrics(
+        pb.LogMetricsRequest(run=run.name, batch_id="b", columns=columns(points))
+    )
+    assert (retry.stored_point_count, retry.duplicate) == (0, True)
+    other = [("loss", float(s), s + 1, T0) for s in range(10)]
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        shared_tracker.LogMetrics,
+        pb.LogMetricsRequest(run=run.name, batch_id="b", columns=columns(other)),
+    )
+    assert error_info(error).reason == "BATCH_ID_REUSED"
+    streamed = shared_tracker.StreamMetrics(
+        iter(
+            [
+                pb.StreamMetricsRequest(run=run.name, batch_id="b", columns=columns(points)),
+                pb.StreamMetricsRequest(run=run.name, batch_id="c", columns=columns(other)),
+            ]
+        )
+    )
+    assert (streamed.batch_count, streamed.duplicate_batch_count) == (2, 1)
+    assert streamed.stored_point_count == 10
+    assert history(shared_tracker, run, "loss").total_point_count == 20
+
+
+BAD_COLUMNS = {
+    "short-values": (
+        metric_pb2.MetricPointColumns(keys=["m"], key_indexes=[0, 0], steps=[1, 2], values=[1.0]),
+        "columns",
+    ),
+    "short-timestamps": (
+        metric_pb2.MetricPointColumns(
+            keys=["m"], key_indexes=[0, 0], steps=[1, 2], values=[1.0, 2.0], timestamp_ms=[T0]
+        ),
+        "columns.timestamp_ms",
+    ),
+    "index-past-keys": (
+        metric_pb2.MetricPointColumns(keys=["m"], key_indexes=[0, 1], steps=[1, 2], values=[1, 2]),
+        "columns.key_indexes",
+    ),
+    "negative-index": (
+        metric_pb2.MetricPointColumns(keys=["m"], key_indexes=[-1], steps=[1], values=[1.0]),
+        "columns.key_indexes",
+    ),
+    "no-keys": (
+        metric_pb2.MetricPointColumns(key_indexes=[0], steps=[1], values=[1.0]),
+        "columns.key_indexes",
+    ),
+    "bad-key": (
+        metric_pb2.MetricPointColumns(keys=["a\x00b"], key_indexes=[0], steps=[1], values=[1.0]),
+        "columns.keys",
+    ),
+    "time-out-of-range": (
+        metric_pb2.MetricPointColumns(
+            keys=["m"], key_indexes=[0], steps=[1], values=[1.0], timestamp_ms=[2**62]
+        ),
+        "columns.timestamp_ms",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COLUMNS))
+def test_malformed_columns_are_invalid_and_store_nothing(
+    shared_tracker: TrackerStub, run: run_pb2.Run, case: str
+) -> None:
+    bad, field = BAD_COLUMNS[case]
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        shared_tracker.LogMetrics,
+        pb.LogMetricsRequest(
+            run=run.name, metrics=[metric("ok", 0.0)], columns=bad, batch_id="bad"
+        ),
+    )
+    assert error_info(error).metadata["field"] == field
+    assert history(shared_tracker, run, "ok").total_point_count == 0
+    # Nothing was claimed: the id is still free for a good batch.
+    good = log_metrics(shared_tracker, run, [metric("ok", 1.0)], "bad")
+    assert (good.stored_point_count, good.duplicate) == (1, False)
+
+
+def test_the_batch_limit_counts_both_forms(shared_tracker: TrackerStub, run: run_pb2.Run) -> None:
+    many = metric_pb2.MetricPointColumns(keys=["m"])
+    many.key_indexes.extend([0] * 100_000)
+    many.steps.extend(range(100_000))
+    many.values.extend([1.0] * 100_000)
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        shared_tracker.LogMetrics,
+        pb.LogMetricsRequest(run=run.name, metrics=[metric("m", 0.0)], columns=many),
+    )
+    assert "100001" in error.details()
+    stored = shared_tracker.LogMetrics(pb.LogMetricsRequest(run=run.name, columns=many))
+    assert stored.stored_point_count == 100_000
+    assert history(shared_tracker, run, "m").total_point_count == 100_000
+
+
 # ------------------------------------------------------------------ latest values and floats
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61irn/tracker/v1/metric.proto\x12\x10\x63\x61irn.tracker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x06Metric\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\rMetricColumns\x12\r\n\x05steps\x18\x01 \x03(\x03\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x03 \x03(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61irn/tracker/v1/metric.proto\x12\x10\x63\x61irn.tracker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x06Metric\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x0bMetricPoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\rMetricColumns\x12\r\n\x05steps\x18\x01 \x03(\x03\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x03 \x03(\x03\"l\n\x12MetricPointColumns\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x13\n\x0bkey_indexes\x18\x02 \x03(\x05\x12\r\n\x05steps\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x14\n\x0ctimestamp_ms\x18\x05 \x03(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICPOINT']._serialized_end=272
   _globals['_METRICCOLUMNS']._serialized_start=274
   _globals['_METRICCOLUMNS']._serialized_end=342
+  _globals['_METRICPOINTCOLUMNS']._serialized_start=344
+  _globals['_METRICPOINTCOLUMNS']._serialized_end=452
 # @@protoc_insertion_point(module_scope)

@@ -40,3 +40,17 @@ class MetricColumns(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, steps: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MetricPointColumns(_message.Message):
+    __slots__ = ("keys", "key_indexes", "steps", "values", "timestamp_ms")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEY_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    key_indexes: _containers.RepeatedScalarFieldContainer[int]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    timestamp_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., key_indexes: _Optional[_Iterable[int]] = ..., steps: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., timestamp_ms: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -301,14 +301,16 @@ class LogParamsResponse(_message.Message):
     def __init__(self, new_param_count: _Optional[int] = ...) -> None: ...
 
 class LogMetricsRequest(_message.Message):
-    __slots__ = ("run", "batch_id", "metrics")
+    __slots__ = ("run", "batch_id", "metrics", "columns")
     RUN_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     run: str
     batch_id: str
     metrics: _containers.RepeatedCompositeFieldContainer[_metric_pb2.Metric]
-    def __init__(self, run: _Optional[str] = ..., batch_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_metric_pb2.Metric, _Mapping]]] = ...) -> None: ...
+    columns: _metric_pb2.MetricPointColumns
+    def __init__(self, run: _Optional[str] = ..., batch_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_metric_pb2.Metric, _Mapping]]] = ..., columns: _Optional[_Union[_metric_pb2.MetricPointColumns, _Mapping]] = ...) -> None: ...
 
 class LogMetricsResponse(_message.Message):
     __slots__ = ("stored_point_count", "duplicate")
@@ -319,14 +321,16 @@ class LogMetricsResponse(_message.Message):
     def __init__(self, stored_point_count: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class StreamMetricsRequest(_message.Message):
-    __slots__ = ("run", "batch_id", "metrics")
+    __slots__ = ("run", "batch_id", "metrics", "columns")
     RUN_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     run: str
     batch_id: str
     metrics: _containers.RepeatedCompositeFieldContainer[_metric_pb2.Metric]
-    def __init__(self, run: _Optional[str] = ..., batch_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_metric_pb2.Metric, _Mapping]]] = ...) -> None: ...
+    columns: _metric_pb2.MetricPointColumns
+    def __init__(self, run: _Optional[str] = ..., batch_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_metric_pb2.Metric, _Mapping]]] = ..., columns: _Optional[_Union[_metric_pb2.MetricPointColumns, _Mapping]] = ...) -> None: ...
 
 class StreamMetricsResponse(_message.Message):
     __slots__ = ("batch_count", "duplicate_batch_count", "stored_point_count")
