@@ -270,10 +270,36 @@ def _parse_number(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_RUN_STATE = select(
+    _runs.c.run_id,
+    _runs.c.experiment_id,
+    _runs.c.status,
+    _runs.c.lifecycle_state,
+    _runs.c.start_time,
+    _runs.c.end_time,
+).where(_runs.c.run_id == bindparam("run_id"))
+
+
 class TrackerStore:
     def __init__(self, database: Database, artifact_uri_for: Callable[[str, str], str]) -> None:
         self.db = database
         self._artifact_uri_for = artifact_uri_for
+        # The metric write path's statements, built once: building an upsert (its `excluded`
+        # columns above all) cost more than executing it, for a single-point LogMetrics.
+        claim = self.db.insert(_batches)
+        self._claim_batch = claim.on_conflict_do_nothing(
+            index_elements=[_batches.c.run_id, _batches.c.batch_id]
+        ).returning(_batches.c.batch_id)
+        upsert = self.db.insert(_latest)
+        excluded = upsert.excluded
+        self._upsert_latest = upsert.on_conflict_do_update(
+            index_elements=[_latest.c.run_id, _latest.c.key],
+            set_={"value": excluded.value, "step": excluded.step, "timestamp": excluded.timestamp},
+            where=or_(
+                excluded.step > _latest.c.step,
+                and_(excluded.step == _latest.c.step, excluded.timestamp >= _latest.c.timestamp),
+            ),
+        )
 
     # ------------------------------------------------------------------ experiments
 
@@ -609,19 +635,11 @@ class TrackerStore:
         return self.get_run(found.run_id, run_pb2.RUN_VIEW_FULL)
 
     def run_state(self, run_id: str, session: Session | None = None) -> RunState:
-        statement = select(
-            _runs.c.run_id,
-            _runs.c.experiment_id,
-            _runs.c.status,
-            _runs.c.lifecycle_state,
-            _runs.c.start_time,
-            _runs.c.end_time,
-        ).where(_runs.c.run_id == run_id)
         if session is None:
             with self.db.read() as own:
-                row = own.execute(statement).first()
+                row = own.execute(_RUN_STATE, {"run_id": run_id}).first()
         else:
-            row = session.execute(statement).first()
+            row = session.execute(_RUN_STATE, {"run_id": run_id}).first()
         if row is None:
             raise NotFound(
                 f"run {run_id!r} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
@@ -1147,16 +1165,14 @@ class TrackerStore:
             self._require_active(session, run_id)
             if batch_id:
                 claimed = session.execute(
-                    self.db.insert(_batches)
-                    .values(
-                        run_id=run_id,
-                        batch_id=batch_id,
-                        point_count=len(points),
-                        fingerprint=fingerprint,
-                        create_time=now_ms(),
-                    )
-                    .on_conflict_do_nothing(index_elements=[_batches.c.run_id, _batches.c.batch_id])
-                    .returning(_batches.c.batch_id)
+                    self._claim_batch,
+                    {
+                        "run_id": run_id,
+                        "batch_id": batch_id,
+                        "point_count": len(points),
+                        "fingerprint": fingerprint,
+                        "create_time": now_ms(),
+                    },
                 ).first()
                 if claimed is None:
                     stored = session.scalar(
@@ -1218,18 +1234,8 @@ class TrackerStore:
             best = newest.get(key)
             if best is None or (step, timestamp) >= (best[2], best[3]):
                 newest[key] = point
-        statement = self.db.insert(_latest)
-        excluded = statement.excluded
-        statement = statement.on_conflict_do_update(
-            index_elements=[_latest.c.run_id, _latest.c.key],
-            set_={"value": excluded.value, "step": excluded.step, "timestamp": excluded.timestamp},
-            where=or_(
-                excluded.step > _latest.c.step,
-                and_(excluded.step == _latest.c.step, excluded.timestamp >= _latest.c.timestamp),
-            ),
-        )
         session.execute(
-            statement,
+            self._upsert_latest,
             [
                 {
                     "run_id": run_id,
