@@ -16,6 +16,7 @@ from services.common.migrations import upgrade, verify_schema
 from services.common.paging import PageTokenCodec
 from services.common.server import ServiceSpec
 from services.common.settings import Settings
+from services.common.statistics import StatisticsKeeper
 from services.tracker.artifact_store import open_artifact_store
 from services.tracker.service import TrackerService
 from services.tracker.servicer import TrackerServicer
@@ -25,6 +26,16 @@ log = logging.getLogger(__name__)
 
 SERVICE: Final = "tracker"
 MIGRATIONS = Path(__file__).parent / "store" / "migrations"
+# The tables searches plan over, kept analyzed on PostgreSQL (the metric points are read by
+# their index alone, whatever their statistics).
+SEARCHED_TABLES = (
+    "experiments",
+    "experiment_tags",
+    "runs",
+    "params",
+    "run_tags",
+    "latest_metrics",
+)
 GRPC_SERVICE_NAME = tracker_service_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
 
@@ -54,10 +65,14 @@ def build_spec(settings: Settings) -> ServiceSpec:
     servicer: TrackerServicer | None = None
     database: Database | None = None
 
+    statistics: asyncio.Task[None] | None = None
+
     async def start() -> None:
-        nonlocal servicer, database
-        service, database = await asyncio.to_thread(build_service, settings)
+        nonlocal servicer, database, statistics
+        service, opened = await asyncio.to_thread(build_service, settings)
+        database = opened
         servicer = TrackerServicer(service, runner)
+        statistics = asyncio.create_task(StatisticsKeeper(opened, SEARCHED_TABLES).run())
 
     def register(server: grpc.aio.Server) -> None:
         assert servicer is not None, "register runs after the start hook"
@@ -66,6 +81,8 @@ def build_spec(settings: Settings) -> ServiceSpec:
         )
 
     async def stop() -> None:
+        if statistics is not None:
+            statistics.cancel()
         runner.shutdown()
         if database is not None:
             database.dispose()

@@ -1,0 +1,105 @@
+"""The tracker keeps PostgreSQL's planner statistics fresh between autovacuum's rounds: a
+table that changed by more than a share of its rows since its last ANALYZE is analyzed, one
+that did not is left alone, and on SQLite the keeper does nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, text
+
+from services.common.db import Database
+from services.common.statistics import STALE_MIN_ROWS, StatisticsKeeper
+from services.tracker.app import SEARCHED_TABLES
+from services.tracker.store.models import ExperimentRow, ParamRow, RunRow
+
+from cairn_testing import PostgresDatabases, migrated_database, sqlite_url
+
+
+@pytest.fixture
+def postgres_database(postgres: PostgresDatabases) -> Iterator[Database]:
+    url = postgres.fresh()
+    database = Database(url)
+    yield database
+    database.dispose()
+    postgres.drop(url)
+
+
+def _add_runs(database: Database, count: int, first: int = 0) -> None:
+    with database.write() as session:
+        if first == 0:
+            session.execute(
+                insert(ExperimentRow),
+                [{"experiment_id": "e", "display_name": "e", "create_time": 0, "update_time": 0}],
+            )
+        ids = [f"{first + i:032x}" for i in range(count)]
+        session.execute(
+            insert(RunRow),
+            [
+                {"run_id": run_id, "experiment_id": "e", "run_name": "r", "status": "RUNNING"}
+                | {"start_time": 0, "create_time": 0, "update_time": 0}
+                for run_id in ids
+            ],
+        )
+        session.execute(
+            insert(ParamRow), [{"run_id": run_id, "key": "model", "value": "x"} for run_id in ids]
+        )
+
+
+def _analyzed_rows(database: Database, table: str) -> float:
+    """The row count the planner knows of (pg_class.reltuples: -1 when never analyzed)."""
+    with database.engine.connect() as connection:
+        return float(
+            connection.execute(
+                text("SELECT reltuples FROM pg_class WHERE relname = :name"), {"name": table}
+            ).scalar_one()
+        )
+
+
+def _refresh_until(keeper: StatisticsKeeper, expected: set[str], timeout_s: float = 30) -> None:
+    """PostgreSQL publishes a backend's row counts a moment after its commit: poll."""
+    deadline = time.monotonic() + timeout_s
+    analyzed: set[str] = set()
+    while time.monotonic() < deadline:
+        analyzed |= set(keeper.refresh())
+        if expected <= analyzed:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"analyzed {sorted(analyzed)}, expected {sorted(expected)}")
+
+
+def test_changed_tables_are_analyzed_and_unchanged_ones_are_not(
+    postgres_database: Database,
+) -> None:
+    keeper = StatisticsKeeper(postgres_database, SEARCHED_TABLES)
+    _add_runs(postgres_database, 1_000)
+    _refresh_until(keeper, {"runs", "params"})
+    assert _analyzed_rows(postgres_database, "runs") == 1_000
+    assert _analyzed_rows(postgres_database, "params") == 1_000
+    # Nothing changed since: nothing to do, and tables never written stay as they were.
+    assert keeper.refresh() == []
+    assert _analyzed_rows(postgres_database, "latest_metrics") <= 0
+    # A change below the share (10% of 1,000, under the minimum too) waits...
+    _add_runs(postgres_database, STALE_MIN_ROWS // 2, first=1_000)
+    time.sleep(2)
+    assert keeper.refresh() == []
+    assert _analyzed_rows(postgres_database, "runs") == 1_000
+    # ...until the table has changed enough.
+    _add_runs(postgres_database, 1_000, first=2_000)
+    _refresh_until(keeper, {"runs", "params"})
+    assert _analyzed_rows(postgres_database, "runs") == 2_000 + STALE_MIN_ROWS // 2
+
+
+def test_the_keeper_does_nothing_on_sqlite(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    with migrated_database(url):
+        pass
+    database = Database(url)
+    try:
+        _add_runs(database, 1_000)
+        assert StatisticsKeeper(database, SEARCHED_TABLES).refresh() == []
+    finally:
+        database.dispose()
