@@ -1214,14 +1214,20 @@ class TrackerStore:
         # processing was a third of a bulk ingest's server time. NaN goes in as NULL.
         raw = session.connection().connection.driver_connection
         cursor = raw.cursor()  # type: ignore[union-attr]
+        statement = (
+            "INSERT INTO metrics (run_id, key, step, timestamp, value) VALUES (?, ?, ?, ?, ?)"
+            if self.db.dialect == "sqlite"
+            else "INSERT INTO metrics (run_id, key, step, timestamp, value) "
+            "VALUES (%s, %s, %s, %s, %s)"
+        )
+        rows = [(run_id, k, s, t, v if v == v else None) for k, v, s, t in points]
         try:
-            cursor.executemany(
-                "INSERT INTO metrics (run_id, key, step, timestamp, value) VALUES (?, ?, ?, ?, ?)"
-                if self.db.dialect == "sqlite"
-                else "INSERT INTO metrics (run_id, key, step, timestamp, value) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(run_id, k, s, t, v if v == v else None) for k, v, s, t in points],
-            )
+            # One row is one plain execute: psycopg's executemany runs a pipeline, more round
+            # trips than a single-point LogMetrics needs.
+            if len(rows) == 1:
+                cursor.execute(statement, rows[0])
+            else:
+                cursor.executemany(statement, rows)
         finally:
             cursor.close()
 
@@ -1234,21 +1240,19 @@ class TrackerStore:
             best = newest.get(key)
             if best is None or (step, timestamp) >= (best[2], best[3]):
                 newest[key] = point
-        session.execute(
-            self._upsert_latest,
-            [
-                {
-                    "run_id": run_id,
-                    "key": k,
-                    "value": convert.metric_value_to_db(v),
-                    "step": s,
-                    "timestamp": t,
-                }
-                # Key order, not batch order: writers that upsert overlapping keys of one run
-                # then lock them in the same order and cannot deadlock (PostgreSQL).
-                for k, v, s, t in sorted(newest.values(), key=lambda point: point[0])
-            ],
-        )
+        rows = [
+            {
+                "run_id": run_id,
+                "key": k,
+                "value": convert.metric_value_to_db(v),
+                "step": s,
+                "timestamp": t,
+            }
+            # Key order, not batch order: writers that upsert overlapping keys of one run
+            # then lock them in the same order and cannot deadlock (PostgreSQL).
+            for k, v, s, t in sorted(newest.values(), key=lambda point: point[0])
+        ]
+        session.execute(self._upsert_latest, rows[0] if len(rows) == 1 else rows)
 
     def metric_history_page(
         self,
