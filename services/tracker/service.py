@@ -901,6 +901,6 @@ def _check_environment(env: environment_pb2.Environment) -> None:
 
 
 def _history(
-    rows: list[convert.HistoryRow], columnar: bool
+    rows: convert.HistoryColumns, columnar: bool
 ) -> list[metric_pb2.MetricPoint] | metric_pb2.MetricColumns:
     return convert.metric_columns(rows) if columnar else convert.metric_points(rows)
