@@ -27,6 +27,8 @@ Workloads:
   search    metrics.accuracy > 0.5 AND params.model = 'xgb' ORDER BY metrics.accuracy DESC,
             100 results, over the runs created above (p50/p99)
   history   the full history of the bulk-ingested metric (p50)
+  history-1m (Cairn's SDK only) the full history of a metric of 1,000,000 points, streamed in
+            by the SDK's ingest (p50 of fewer reads)
   memory    resident memory of each server's whole process tree after the workload
 """
 
@@ -90,8 +92,11 @@ FIGURES: list[tuple[str, str, bool]] = [
     ("search_p50_ms", "ms", False),
     ("search_p99_ms", "ms", False),
     ("history_p50_ms", "ms", False),
+    ("history_1m_p50_ms", "ms", False),
     ("server_rss_mb", "MiB", False),
 ]
+# Figures only Cairn's SDK is measured on (no ratio to MLflow).
+CAIRN_SDK_ONLY = frozenset({"history_1m_p50_ms"})
 
 
 # ---------------------------------------------------------------------------- processes
@@ -582,7 +587,26 @@ def run_workloads(
             raise RuntimeError(f"{LABELS[system]}: history holds {got} of {len(values)} points")
         samples = timed(partial(target.history, run_id), sizes["histories"])
         figures[system]["history_p50_ms"] = statistics.median(samples) * 1000
+
+    if "cairn" in targets:
+        figures["cairn"]["history_1m_p50_ms"] = long_history(
+            targets["cairn"], sizes["long_history_points"], sizes["long_histories"]
+        )
     return figures
+
+
+def long_history(target: Target, points: int, reads: int) -> float:
+    """p50 ms of reading the full history of a metric of `points` points, ingested into a
+    run of its own like the ingest workload."""
+    print(f"  {'history-1m':8s} {LABELS['cairn']} ({points:,} points)", file=sys.stderr, flush=True)
+    rng = random.Random(11)
+    values = [rng.random() for _ in range(points)]
+    run_id = target.start_run("long-history")
+    stored = target.ingest(run_id, values)
+    got = target.history(run_id)
+    if stored != points or got != points:
+        raise RuntimeError(f"long history: {stored} stored, {got} read of {points} points")
+    return statistics.median(timed(partial(target.history, run_id), reads)) * 1000
 
 
 def concurrent_ingest(target: Target, values: list[float], writers: int) -> float:
@@ -678,14 +702,11 @@ def table(figures: dict[str, dict[str, float]]) -> str:
     rows = [header]
     for figure, unit, higher_better in figure_list(figures):
         better = ratio(figure, higher_better, figures)
-        rows.append(
-            [
-                figure,
-                unit,
-                *(_format(figures[s].get(figure)) for s in systems),
-                "-" if better is None else f"{better:.1f}x {'better' if better >= 1 else 'worse'}",
-            ]
-        )
+        if better is not None:
+            versus = f"{better:.1f}x {'better' if better >= 1 else 'worse'}"
+        else:
+            versus = "" if figure in CAIRN_SDK_ONLY else "-"
+        rows.append([figure, unit, *(_format(figures[s].get(figure)) for s in systems), versus])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for index, row in enumerate(rows):
@@ -794,7 +815,9 @@ def section(result: dict[str, Any]) -> str:
   {" and ".join(f"{n:,}" for n in sizes["scales"])} runs bulk-seeded by SQL into each system's own
   schema (bench/seed.py) repeated {sizes["scale_searches"]} times (fewer, at least once,
   when a system has spent {SCALE_SEARCH_BUDGET_S:.0f} s on them); full history of the
-  {sizes["points"]:,}-point metric read {sizes["histories"]} times
+  {sizes["points"]:,}-point metric read {sizes["histories"]} times, and (Cairn SDK only:
+  history_1m) of a {sizes["long_history_points"]:,}-point metric streamed in by its SDK, read
+  {sizes["long_histories"]} times
 - systems: **MLflow** = MLflow's Python client against MLflow's server; **Cairn SDK** =
   `cairn.Tracker` against `cairn up`; **Cairn via MLflow client** = MLflow's Python client
   against Cairn's REST gateway. Memory is RSS summed over each server's process tree after
@@ -821,7 +844,10 @@ def main(argv: list[str] | None = None) -> None:
         help="Cairn only (its SDK and the MLflow client against its gateway): no MLflow "
         "server to install; what CI's smoke run uses",
     )
-    for name in ("runs", "log-calls", "points", "searches", "histories", "scale-searches"):
+    for name in (
+        *("runs", "log-calls", "points", "searches", "histories", "scale-searches"),
+        *("long-history-points", "long-histories"),
+    ):
         parser.add_argument(f"--{name}", type=int, default=None, help="override a size")
     parser.add_argument(
         "--scales",
@@ -834,11 +860,13 @@ def main(argv: list[str] | None = None) -> None:
         {
             **{"runs": 20, "log_calls": 20, "points": 2_000, "searches": 3, "histories": 2},
             **{"scales": [300], "scale_searches": 2},
+            **{"long_history_points": 5_000, "long_histories": 2},
         }
         if options.smoke
         else {
             **{"runs": 1_000, "log_calls": 1_000, "points": 100_000, "searches": 50},
             **{"histories": 5, "scales": [10_000, 100_000], "scale_searches": 10},
+            **{"long_history_points": 1_000_000, "long_histories": 3},
         }
     )
     for name in sizes:

@@ -12,7 +12,7 @@ from cairn.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from cairn.types import Artifact, Environment, Experiment, MetricPoint, Run
+from cairn.types import Artifact, Environment, Experiment, MetricHistory, MetricPoint, Run
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "Experiment",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "MetricHistory",
     "MetricPoint",
     "NotFoundError",
     "Run",

@@ -48,7 +48,7 @@ from cairn.tracker.v1 import (
 from cairn.tracker.v1 import (
     tracker_service_pb2 as pb,
 )
-from cairn.types import Artifact, Experiment, MetricPoint, Run, metric_points_from_columns
+from cairn.types import Artifact, Experiment, MetricHistory, Run
 from cairn.validation import (
     MAX_ENTRIES_PER_CALL,
     MAX_KEY_LENGTH,
@@ -693,11 +693,12 @@ class Tracker:
 
     def get_metric_history(
         self, run_id: str, key: str, max_points: int | None = None
-    ) -> list[MetricPoint]:
+    ) -> MetricHistory:
         """Every point of a metric in step order, or about max_points of them (first, last,
-        minimum and maximum of each stretch are kept)."""
+        minimum and maximum of each stretch are kept): a sequence of MetricPoint, built as
+        they are read; steps(), values() and timestamps_ms() give whole columns."""
         self.flush()
-        points: list[MetricPoint] = []
+        pages: list[metric_pb2.MetricColumns] = []
         token = ""
         while True:
             response = self._call(
@@ -711,10 +712,10 @@ class Tracker:
                     columnar=True,
                 ),
             )
-            points.extend(metric_points_from_columns(response.columns))
+            pages.append(response.columns)
             token = response.next_page_token
             if not token:
-                return points
+                return MetricHistory.from_columns(pages)
 
     # ------------------------------------------------------------------ artifacts
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -207,10 +210,111 @@ def metric_point(message: metric_pb2.MetricPoint) -> MetricPoint:
     return MetricPoint(message.step, message.value, to_datetime(message.timestamp))
 
 
-def metric_points_from_columns(columns: metric_pb2.MetricColumns) -> list[MetricPoint]:
-    """A columnar history page as MetricPoints (a zero timestamp, like an unset one, is None)."""
-    from_ms = datetime.fromtimestamp
-    return [
-        MetricPoint(step, value, from_ms(ms / 1000, tz=UTC) if ms else None)
-        for step, value, ms in zip(columns.steps, columns.values, columns.timestamp_ms, strict=True)
-    ]
+def _datetime_from_ms(ms: int) -> datetime | None:
+    """A timestamp in ms since the epoch as a UTC datetime; 0 (unset) is None."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+class MetricHistory(Sequence[MetricPoint]):
+    """A metric's points in step order, as `Tracker.get_metric_history` returns them.
+
+    A read-only sequence of MetricPoint (len, indexing, slicing, iteration; equal to a list
+    of the same points) that holds the points as columns, as they arrived, and builds each
+    MetricPoint, datetime included, only when it is read: a history of a million points is
+    ready as soon as it has arrived. steps(), values() and timestamps_ms() give a whole column
+    as a list without building any point (e.g. to plot it). Not a list: list(history) makes
+    one.
+    """
+
+    __slots__ = ("_chunks", "_ends")
+
+    def __init__(
+        self,
+        steps: Sequence[int] = (),
+        values: Sequence[float] = (),
+        timestamps_ms: Sequence[int] = (),
+    ) -> None:
+        """Point i is (steps[i], values[i], timestamps_ms[i]) (ms since the epoch, 0 for
+        none)."""
+        # Consecutive stretches of points (one per page read), and where each ends.
+        self._chunks: list[tuple[Sequence[int], Sequence[float], Sequence[int]]] = []
+        self._ends: list[int] = []
+        self._append(steps, values, timestamps_ms)
+
+    @classmethod
+    def from_columns(cls, pages: Iterable[metric_pb2.MetricColumns]) -> MetricHistory:
+        """The points of columnar history pages, in page order (the pages are kept as they
+        are: nothing is copied)."""
+        history = cls()
+        for page in pages:
+            history._append(page.steps, page.values, page.timestamp_ms)
+        return history
+
+    def _append(
+        self, steps: Sequence[int], values: Sequence[float], timestamps_ms: Sequence[int]
+    ) -> None:
+        if not len(steps) == len(values) == len(timestamps_ms):
+            raise ValueError(
+                f"columns of different lengths: {len(steps)} steps, {len(values)} values, "
+                f"{len(timestamps_ms)} timestamps"
+            )
+        if len(steps):
+            self._chunks.append((steps, values, timestamps_ms))
+            self._ends.append(len(self) + len(steps))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> MetricPoint: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[MetricPoint]: ...
+
+    def __getitem__(self, index: int | slice) -> MetricPoint | list[MetricPoint]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        size = len(self)
+        position = operator.index(index)
+        if position < 0:
+            position += size
+        if not 0 <= position < size:
+            raise IndexError("MetricHistory index out of range")
+        chunk = bisect.bisect_right(self._ends, position)
+        offset = position - (self._ends[chunk - 1] if chunk else 0)
+        steps, values, timestamps_ms = self._chunks[chunk]
+        return MetricPoint(steps[offset], values[offset], _datetime_from_ms(timestamps_ms[offset]))
+
+    def __iter__(self) -> Iterator[MetricPoint]:
+        for steps, values, timestamps_ms in self._chunks:
+            for step, value, ms in zip(steps, values, timestamps_ms, strict=True):
+                yield MetricPoint(step, value, _datetime_from_ms(ms))
+
+    def steps(self) -> list[int]:
+        """Every point's step, in order."""
+        return [step for chunk in self._chunks for step in chunk[0]]
+
+    def values(self) -> list[float]:
+        """Every point's value, in order (NaN where NaN was logged)."""
+        return [value for chunk in self._chunks for value in chunk[1]]
+
+    def timestamps_ms(self) -> list[int]:
+        """When every point was measured, in ms since the Unix epoch (0: not recorded)."""
+        return [ms for chunk in self._chunks for ms in chunk[2]]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MetricHistory | list):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so unhashable like them
+
+    def __reduce__(self) -> tuple[type[MetricHistory], tuple[list[int], list[float], list[int]]]:
+        # The columns as lists: pickles and copies hold no protobuf containers.
+        return (MetricHistory, (self.steps(), self.values(), self.timestamps_ms()))
+
+    def __repr__(self) -> str:
+        size = len(self)
+        if size == 0:
+            return "MetricHistory([])"
+        return f"<MetricHistory of {size} points, steps {self[0].step} to {self[-1].step}>"

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, Table, create_engine, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Select
 
 from services.common.errors import Aborted, ConfigurationError, Unavailable
 
@@ -138,6 +139,49 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def fetch_tuples(session: Session, statement: Select[Any]) -> list[tuple[Any, ...]]:
+    """Every row of a Core SELECT as the driver's own tuples, read on the session's connection
+    (so inside its transaction) but past SQLAlchemy's result layer: no Row object per row and
+    no type processing of parameters or results. For long reads of plain numbers and text
+    (a metric's history), where building a Row per row cost more than the query; PostgreSQL
+    sends such rows in its binary format (no text to parse). Driver errors come out as
+    SQLAlchemy's, as from session.execute."""
+    connection = session.connection()
+    dialect = connection.dialect
+    compiled = statement.compile(dialect=dialect)
+    sql = compiled.string
+    if "POSTCOMPILE" in sql:
+        raise ValueError("fetch_tuples takes no expanding (IN) or literal-execute parameters")
+    named = compiled.construct_params()
+    parameters: Any = (
+        tuple(named[name] for name in compiled.positiontup or ()) if compiled.positional else named
+    )
+    dbapi_connection = connection.connection
+    cursor = (
+        dbapi_connection.cursor(binary=True)
+        if dialect.name == "postgresql"
+        else dbapi_connection.cursor()
+    )
+    try:
+        cursor.execute(sql, parameters)
+        rows = cursor.fetchall()  # a list from both drivers
+        return rows if isinstance(rows, list) else list(rows)
+    except dialect.loaded_dbapi.Error as error:
+        invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(
+            sql,
+            parameters,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated,
+            dialect=dialect,
+        ) from error
+    finally:
+        cursor.close()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import hashlib
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -668,12 +668,27 @@ class TrackerService:
             return _history(rows, columnar), "", True, total
         query_id = self.page_tokens.fingerprint("history", run_id, key, start, end)
         size = coerce_page_size(page_size, default=DEFAULT_HISTORY_PAGE, maximum=MAX_HISTORY_PAGE)
-        after = self.page_tokens.decode(page_token, query_id) if page_token else None
+        after: list[Any] | None = None
+        counted: int | None = None
+        if page_token:
+            # [last step, last id, the range's size as counted for the first page]: later
+            # pages report that count rather than count again (on PostgreSQL, counting a
+            # fresh million-point metric took longer than reading a page of it). Tokens of
+            # [last step, last id] alone, from earlier versions, are still served.
+            after = self.page_tokens.decode(page_token, query_id)
+            if len(after) == 3:
+                counted = int(after.pop())
         rows, position = self.store.metric_history_page(
             run_id, key, start_step=start, end_step=end, page_size=size, after=after
         )
-        # Every page reports the size of the whole range, not just the first one.
-        total = self.store.count_metric_points(run_id, key, start, end)
+        if counted is not None:
+            total = counted
+        elif after is None and position is None:
+            total = len(rows)  # a first page that is also the last holds the whole range
+        else:
+            total = self.store.count_metric_points(run_id, key, start, end)
+        if position is not None:
+            position = [*position, total]
         return _history(rows, columnar), self._token(position, query_id), False, total
 
     # ------------------------------------------------------------------ artifacts
@@ -955,6 +970,6 @@ def _check_environment(env: environment_pb2.Environment) -> None:
 
 
 def _history(
-    rows: list[convert.HistoryRow], columnar: bool
+    rows: convert.HistoryColumns, columnar: bool
 ) -> list[metric_pb2.MetricPoint] | metric_pb2.MetricColumns:
     return convert.metric_columns(rows) if columnar else convert.metric_points(rows)

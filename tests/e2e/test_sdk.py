@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +336,38 @@ def test_stream_metrics_several_keys_mixed_timestamps_and_bad_points(
     with pytest.raises(cairn.InvalidArgumentError):
         client.stream_metrics([("bad\x00key", 1.0, 1)])
     assert len(client.get_metric_history(run.run_id, "loss")) == 30
+
+
+def test_full_history_over_several_pages(client: cairn.Tracker) -> None:
+    """More points than one page of the SDK's history read (100,000): every point comes back
+    once, in step order (a step's points in logging order, also where a page ends inside a
+    step), NaN and infinities as logged, timestamps to the millisecond."""
+    count, t0 = 200_003, 1_700_000_000_000
+
+    def value(i: int) -> float:
+        return math.nan if i % 1000 == 500 else math.inf if i == 7 else i / 4
+
+    run = client.start_run("long-history")
+    points = [("loss", value(i), i // 3, t0 + i) for i in range(count)]
+    assert client.stream_metrics(points, batch_size=10_000) == count
+    history = client.get_metric_history(run.run_id, "loss")
+    assert isinstance(history, cairn.MetricHistory)
+    assert len(history) == count
+    assert history.steps() == [i // 3 for i in range(count)]
+    assert history.timestamps_ms() == [t0 + i for i in range(count)]
+    got = history.values()
+    assert [i for i, v in enumerate(got) if math.isnan(v)] == list(range(500, count, 1000))
+    assert all(got[i] == value(i) for i in range(count) if i % 1000 != 500)
+    # Points are built as they are read, from either page.
+    at = datetime.fromtimestamp((t0 + 100_000) / 1000, tz=UTC)
+    assert history[100_000] == cairn.MetricPoint(33_333, 25_000.0, at)
+    assert history[99_999].step == 33_333 and history[99_999].value == 99_999 / 4
+    assert history[-1] == history[count - 1] and history[-1].step == (count - 1) // 3
+    assert history[7].value == math.inf and math.isnan(history[500].value)
+    assert history[200_000:200_002] == [history[200_000], history[200_001]]
+    steps = []
+    for point in history:
+        steps.append(point.step)
+    assert steps == history.steps()
+    copied = pickle.loads(pickle.dumps(history))
+    assert copied.steps() == history.steps() and len(copied) == count

@@ -3,6 +3,8 @@ latest values, special floats, history paging and downsampling, on SQLite and Po
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from cairn.tracker.v1 import metric_pb2, run_pb2
 from cairn.tracker.v1 import tracker_service_pb2 as pb
+from services.common.paging import PageTokenCodec
 
 from cairn_testing import (
     TrackerStub,
@@ -555,6 +558,78 @@ def test_history_pages_25000_points_in_step_order(
             grpc.StatusCode.INVALID_ARGUMENT, history, shared_tracker, run, "loss", page_token=bad
         )
         assert error_info(error).reason == "INVALID_PAGE_TOKEN"
+
+
+def listing(
+    tracker: TrackerStub, run: run_pb2.Run, key: str, **request: int | bool
+) -> tuple[list[tuple[int, float | str, int]], list[int]]:
+    """Every page of a listing: its rows (as_rows) and each page's total_point_count."""
+    rows: list[tuple[int, float | str, int]] = []
+    totals: list[int] = []
+    token = ""
+    while True:
+        page = history(tracker, run, key, page_token=token, **request)
+        rows += as_rows(page)
+        totals.append(page.total_point_count)
+        token = page.next_page_token
+        if not token:
+            return rows, totals
+
+
+def test_history_pages_split_steps_in_logging_order(
+    shared_tracker: TrackerStub, run: run_pb2.Run
+) -> None:
+    """Several points per step, logged in four passes over the steps: pages (of 7, so their
+    edges fall inside steps) give each point once, by step and then in logging order, in
+    both forms; NaN comes back as NaN."""
+
+    def value(i: int) -> float:
+        return math.nan if i % 9 == 0 else i / 2
+
+    for rank in range(4):  # point i is the rank-th logged at step i // 4
+        points = [metric("m", value(i), step=i // 4, timestamp_ms=T0 + i) for i in range(60)]
+        log_metrics(shared_tracker, run, points[rank::4], batch_id=f"pass-{rank}")
+    expected = [(i // 4, "nan" if i % 9 == 0 else i / 2, T0 + i) for i in range(60)]
+    for columnar in (False, True):
+        rows, totals = listing(shared_tracker, run, "m", page_size=7, columnar=columnar)
+        assert rows == expected
+        assert totals == [60] * 9
+    # One page holding everything counts itself.
+    whole = history(shared_tracker, run, "m", page_size=60, columnar=True)
+    assert as_rows(whole) == expected
+    assert whole.total_point_count == 60 and not whole.next_page_token
+
+
+def test_history_later_pages_repeat_the_first_count(
+    shared_tracker: TrackerStub, run: run_pb2.Run
+) -> None:
+    """The range is counted for a listing's first page; later pages repeat that count, also
+    when points arrived meanwhile (the pages still give them). A token without a count (an
+    earlier version's) is still served, and counts."""
+    log_metrics(shared_tracker, run, [metric("m", float(s), step=s) for s in range(10)])
+    first = history(shared_tracker, run, "m", page_size=4, columnar=True)
+    assert first.total_point_count == 10
+    log_metrics(shared_tracker, run, [metric("m", float(s), step=s) for s in range(10, 15)])
+    token, steps, totals = first.next_page_token, list(first.columns.steps), []
+    while token:
+        page = history(shared_tracker, run, "m", page_size=4, page_token=token, columnar=True)
+        steps += page.columns.steps
+        totals.append(page.total_point_count)
+        token = page.next_page_token
+    assert steps == list(range(15))
+    assert totals == [10] * 3
+    assert history(shared_tracker, run, "m", page_size=4).total_point_count == 15
+
+    codec = PageTokenCodec("test-secret")  # the tests' tracker settings
+    token = history(shared_tracker, run, "m", page_size=4).next_page_token
+    padded = token + "=" * (-len(token) % 4)
+    query = json.loads(base64.urlsafe_b64decode(padded)[:-16])["q"]
+    last_step, last_id, counted = codec.decode(token, query)
+    assert (last_step, counted) == (3, 15)
+    old = codec.encode([last_step, last_id], query)
+    page = history(shared_tracker, run, "m", page_size=4, page_token=old, columnar=True)
+    assert list(page.columns.steps) == [4, 5, 6, 7]
+    assert page.total_point_count == 15
 
 
 def tampered(token: str) -> list[str]:

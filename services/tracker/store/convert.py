@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from cairn.common.v1 import environment_pb2, lineage_pb2
 from cairn.tracker.v1 import artifact_pb2, experiment_pb2, lifecycle_pb2, metric_pb2, run_pb2
@@ -158,25 +160,40 @@ def artifact_to_proto(
     return message
 
 
-# A point of a metric's history as stored: (step, timestamp ms, value; None is NaN).
-HistoryRow = tuple[int, int, float | None]
+@dataclass(frozen=True)
+class HistoryColumns:
+    """A stretch of a metric's history as stored, as three parallel columns in step order:
+    point i is (steps[i], timestamps_ms[i], values[i]); a value of None is NaN."""
+
+    steps: list[int]
+    timestamps_ms: list[int]
+    values: list[float | None]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[Any]]) -> HistoryColumns:
+        """Columns of (step, timestamp ms, value, ...) rows."""
+        return cls([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.steps)
 
 
-def metric_columns(rows: Sequence[HistoryRow]) -> metric_pb2.MetricColumns:
-    """History rows as one MetricColumns: three extends, no message per point."""
+def metric_columns(history: HistoryColumns) -> metric_pb2.MetricColumns:
+    """History as one MetricColumns: three extends of whole lists, no message per point."""
     columns = metric_pb2.MetricColumns()
-    if rows:
-        steps, timestamps, values = zip(*rows, strict=True)
-        columns.steps.extend(steps)
-        columns.timestamp_ms.extend(timestamps)
-        columns.values.extend(math.nan if v is None else v for v in values)
+    columns.steps.extend(history.steps)
+    columns.timestamp_ms.extend(history.timestamps_ms)
+    nan = math.nan
+    columns.values.extend([nan if v is None else v for v in history.values])
     return columns
 
 
-def metric_points(rows: Iterable[HistoryRow]) -> list[metric_pb2.MetricPoint]:
-    """(step, timestamp_ms, value) rows -> MetricPoint messages."""
+def metric_points(history: HistoryColumns) -> list[metric_pb2.MetricPoint]:
+    """History as MetricPoint messages (the non-columnar form)."""
     points = []
-    for step, timestamp, value in rows:
+    for step, timestamp, value in zip(
+        history.steps, history.timestamps_ms, history.values, strict=True
+    ):
         point = metric_pb2.MetricPoint(step=step, value=metric_value_from_db(value))
         ms_to_timestamp(timestamp, point.timestamp)
         points.append(point)

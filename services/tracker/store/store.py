@@ -30,6 +30,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -38,13 +39,13 @@ from sqlalchemy.sql import Select
 
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import experiment_pb2, run_pb2
-from services.common.db import Database
+from services.common.db import Database, fetch_tuples
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.filtering import FieldRef, Node, OrderKey
 from services.common.sqlfilter import keyset_after, order_clauses, select_sort_values
 from services.common.timeutil import now_ms
 from services.tracker.store import convert
-from services.tracker.store.convert import HistoryRow
+from services.tracker.store.convert import HistoryColumns
 from services.tracker.store.models import (
     ArtifactOrphanRow,
     ArtifactRow,
@@ -1263,8 +1264,16 @@ class TrackerStore:
         end_step: int | None,
         page_size: int,
         after: Sequence[Any] | None,
-    ) -> tuple[list[HistoryRow], list[Any] | None]:
-        """(step, timestamp ms, value) rows in step order, and where the next page starts."""
+    ) -> tuple[HistoryColumns, list[Any] | None]:
+        """A page of points in step order (then id: the order they were stored), and where
+        the next page starts: the last point's [step, id], or None after the last page.
+
+        One scan of the (run_id, key, step, id) index in its own order, with no sort on
+        either database: the next page starts after a row-value comparison (step, id) >
+        (last step, last id), which both use as an index bound (the equivalent OR of two
+        conditions scanned the metric from its first point on SQLite, and made PostgreSQL
+        sort the rest in a bitmap scan). The rows come straight from the driver's cursor:
+        building SQLAlchemy Rows cost more than the query itself."""
         c = _metrics.c
         statement = (
             select(c.step, c.timestamp, c.value, c.id)
@@ -1274,18 +1283,16 @@ class TrackerStore:
         )
         if after is not None:
             last_step, last_id = after
-            statement = statement.where(
-                or_(c.step > last_step, and_(c.step == last_step, c.id > last_id))
-            )
+            statement = statement.where(tuple_(c.step, c.id) > tuple_(last_step, last_id))
         with self.db.read() as session:
             self.run_state(run_id, session)
-            # Rows unpack like tuples (no objects built per point).
-            result: Any = session.execute(statement).all()
-            rows: Sequence[tuple[int, int, float | None, int]] = result
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        position = [rows[-1][0], rows[-1][3]] if more and rows else None
-        return [(step, timestamp, value) for step, timestamp, value, _ in rows], position
+            rows = fetch_tuples(session, statement)
+        position = None
+        if len(rows) > page_size:
+            del rows[page_size:]
+            if rows:
+                position = [rows[-1][0], rows[-1][3]]
+        return HistoryColumns.from_rows(rows), position
 
     def count_metric_points(
         self, run_id: str, key: str, start_step: int | None, end_step: int | None
@@ -1311,7 +1318,7 @@ class TrackerStore:
         end_step: int | None,
         buckets: int,
         total: int,
-    ) -> list[HistoryRow]:
+    ) -> HistoryColumns:
         """Cut the series into `buckets` runs of consecutive points and keep each run's first,
         last, minimum and maximum point — computed in SQL with window functions."""
         c = _metrics.c
@@ -1355,8 +1362,7 @@ class TrackerStore:
             .order_by(r.position)
         )
         with self.db.read() as session:
-            rows = session.execute(statement).all()
-        return [(row.step, row.timestamp, row.value) for row in rows]
+            return HistoryColumns.from_rows(fetch_tuples(session, statement))
 
     # ------------------------------------------------------------------ artifacts
 
