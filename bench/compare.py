@@ -26,7 +26,10 @@ Workloads:
             a table shaped like Cairn's metrics; Cairn's ingest as a share of it
   search    metrics.accuracy > 0.5 AND params.model = 'xgb' ORDER BY metrics.accuracy DESC,
             100 results, over the runs created above (p50/p99)
-  history   the full history of the bulk-ingested metric (p50)
+  noop      a request that does nothing (MLflow: GET /health; Cairn's SDK: the gRPC health
+            check on its channel), the round trip under every call (p50)
+  history   the full history of the bulk-ingested metric, its values in hand (p50); and
+            (Cairn's SDK only) with every point built as a MetricPoint object
   history-1m (Cairn's SDK only) the full history of a metric of 1,000,000 points, streamed in
             by the SDK's ingest (p50 of fewer reads)
   memory    resident memory of each server's whole process tree after the workload
@@ -87,16 +90,18 @@ FIGURES: list[tuple[str, str, bool]] = [
     ("log_metric_calls_per_s", "calls/s", True),
     ("log_metric_p50_ms", "ms", False),
     ("log_metric_p99_ms", "ms", False),
+    ("noop_request_p50_ms", "ms", False),
     ("ingest_points_per_s", "points/s", True),
     ("ingest_4_writers_points_per_s", "points/s", True),
     ("search_p50_ms", "ms", False),
     ("search_p99_ms", "ms", False),
     ("history_p50_ms", "ms", False),
+    ("history_points_p50_ms", "ms", False),
     ("history_1m_p50_ms", "ms", False),
     ("server_rss_mb", "MiB", False),
 ]
 # Figures only Cairn's SDK is measured on (no ratio to MLflow).
-CAIRN_SDK_ONLY = frozenset({"history_1m_p50_ms"})
+CAIRN_SDK_ONLY = frozenset({"history_points_p50_ms", "history_1m_p50_ms"})
 
 
 # ---------------------------------------------------------------------------- processes
@@ -359,6 +364,21 @@ class MlflowTarget:
     def history(self, run_id: str) -> int:
         return len(self.client.get_metric_history(run_id, "loss"))
 
+    def noop_call(self) -> Callable[[], None] | None:
+        """GET /health on a kept-alive connection (as the client's own requests session), or
+        None against Cairn's gateway (its health check asks the services behind it)."""
+        import requests
+
+        url = self.client.tracking_uri
+        session = requests.Session()
+        if session.get(f"{url}/health", timeout=10).status_code != 200:
+            return None
+
+        def call() -> None:
+            session.get(f"{url}/health", timeout=10).raise_for_status()
+
+        return call
+
     def writer(self) -> MlflowTarget:
         """Another client on the same experiment (one per concurrent writer)."""
         return MlflowTarget(self.client.tracking_uri, self.experiment_id)
@@ -374,6 +394,7 @@ class CairnTarget:
         """A client on a new experiment, or on `experiment` (a name)."""
         self.address = address
         self.seeded_ids: dict[str, str] = {}
+        self.noop_channel: Any = None
         self.tracker = cairn.Tracker(address, capture_environment=False)
         self.experiment = experiment or f"bench-{uuid.uuid4().hex[:8]}"
         if experiment is None:
@@ -430,7 +451,27 @@ class CairnTarget:
         return len(runs)
 
     def history(self, run_id: str) -> int:
-        return len(self.tracker.get_metric_history(run_id, "loss"))
+        """The points' values in hand as Python floats (the SDK's history keeps the columns
+        it received and builds MetricPoint objects only when they are read)."""
+        return len(self.tracker.get_metric_history(run_id, "loss").values())
+
+    def history_points(self, run_id: str) -> int:
+        """The history with every point built as a MetricPoint (a datetime each)."""
+        return len(list(self.tracker.get_metric_history(run_id, "loss")))
+
+    def noop_call(self) -> Callable[[], None] | None:
+        """The gRPC health check to the tracker, on a channel like the SDK's."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.noop_channel = grpc.insecure_channel(self.address)
+        stub = health_pb2_grpc.HealthStub(self.noop_channel)
+        request = health_pb2.HealthCheckRequest(service="")
+
+        def call() -> None:
+            stub.Check(request, timeout=10)
+
+        return call
 
     def writer(self) -> CairnTarget:
         """Another SDK client on the same experiment (one per concurrent writer)."""
@@ -438,6 +479,8 @@ class CairnTarget:
 
     def close(self) -> None:
         self.tracker.close()
+        if self.noop_channel is not None:
+            self.noop_channel.close()
 
 
 Target = MlflowTarget | CairnTarget
@@ -532,6 +575,15 @@ def run_workloads(
     turn += 1
 
     for system in _rotations(turn, systems):
+        noop = targets[system].noop_call()
+        if noop is not None:
+            progress("noop", system)
+            noop()
+            samples = timed(noop, sizes["log_calls"])
+            figures[system]["noop_request_p50_ms"] = statistics.median(samples) * 1000
+    turn += 1
+
+    for system in _rotations(turn, systems):
         progress("ingest", system)
         target = targets[system]
         run_id = target.start_run("ingest")
@@ -587,6 +639,9 @@ def run_workloads(
             raise RuntimeError(f"{LABELS[system]}: history holds {got} of {len(values)} points")
         samples = timed(partial(target.history, run_id), sizes["histories"])
         figures[system]["history_p50_ms"] = statistics.median(samples) * 1000
+        if isinstance(target, CairnTarget):
+            samples = timed(partial(target.history_points, run_id), sizes["histories"])
+            figures[system]["history_points_p50_ms"] = statistics.median(samples) * 1000
 
     if "cairn" in targets:
         figures["cairn"]["history_1m_p50_ms"] = long_history(
