@@ -16,6 +16,7 @@ without such statistics; the keeper does nothing there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -55,6 +56,7 @@ class StatisticsKeeper:
         self.database = database
         self.tables = list(tables)
         self.interval_s = interval_s
+        self._stopping = asyncio.Event()
 
     def refresh(self) -> list[str]:
         """Analyze the stale tables now; returns their names."""
@@ -71,12 +73,19 @@ class StatisticsKeeper:
         return stale
 
     async def run(self) -> None:
-        """Refresh every interval until cancelled; a failed round is logged and retried."""
+        """Refresh every interval until stop(); a failed round is logged and retried."""
         if self.database.dialect != "postgresql":
             return
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                return
             try:
                 await asyncio.to_thread(self.refresh)
-            except Exception as error:
+            except Exception as error:  # never let upkeep stop the service
                 log.warning("could not refresh planner statistics: %s", error)
+
+    def stop(self) -> None:
+        """Ends run() after its current round (a round in flight finishes first: await the
+        task before closing the database)."""
+        self._stopping.set()

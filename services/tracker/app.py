@@ -65,14 +65,16 @@ def build_spec(settings: Settings) -> ServiceSpec:
     servicer: TrackerServicer | None = None
     database: Database | None = None
 
+    keeper: StatisticsKeeper | None = None
     statistics: asyncio.Task[None] | None = None
 
     async def start() -> None:
-        nonlocal servicer, database, statistics
+        nonlocal servicer, database, keeper, statistics
         service, opened = await asyncio.to_thread(build_service, settings)
         database = opened
         servicer = TrackerServicer(service, runner)
-        statistics = asyncio.create_task(StatisticsKeeper(opened, SEARCHED_TABLES).run())
+        keeper = StatisticsKeeper(opened, SEARCHED_TABLES)
+        statistics = asyncio.create_task(keeper.run())
 
     def register(server: grpc.aio.Server) -> None:
         assert servicer is not None, "register runs after the start hook"
@@ -81,8 +83,9 @@ def build_spec(settings: Settings) -> ServiceSpec:
         )
 
     async def stop() -> None:
-        if statistics is not None:
-            statistics.cancel()
+        if keeper is not None and statistics is not None:
+            keeper.stop()
+            await statistics  # a refresh in flight ends before the database closes
         runner.shutdown()
         if database is not None:
             database.dispose()

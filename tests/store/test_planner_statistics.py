@@ -4,6 +4,7 @@ that did not is left alone, and on SQLite the keeper does nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,23 @@ def test_the_keeper_does_nothing_on_sqlite(tmp_path: Path) -> None:
         assert StatisticsKeeper(database, SEARCHED_TABLES).refresh() == []
     finally:
         database.dispose()
+
+
+def test_the_running_keeper_analyzes_in_the_background_and_stops(
+    postgres_database: Database,
+) -> None:
+    keeper = StatisticsKeeper(postgres_database, SEARCHED_TABLES, interval_s=0.2)
+
+    async def scenario() -> float:
+        task = asyncio.create_task(keeper.run())
+        await asyncio.to_thread(_add_runs, postgres_database, 1_000)
+        deadline = time.monotonic() + 30
+        while _analyzed_rows(postgres_database, "runs") != 1_000:
+            assert time.monotonic() < deadline, "the keeper never analyzed runs"
+            await asyncio.sleep(0.2)
+        began = time.monotonic()
+        keeper.stop()
+        await asyncio.wait_for(task, timeout=10)
+        return time.monotonic() - began
+
+    assert asyncio.run(scenario()) < 5
