@@ -264,6 +264,9 @@ class TrackerServicer(tracker_service_pb2_grpc.TrackerServiceServicer):
     ) -> pb.StreamMetricsResponse:
         response = pb.StreamMetricsResponse()
         # One batch is written while the next is received: ingest overlaps network and disk.
+        # One write at a time, though: two in flight were 35% faster on PostgreSQL, but a
+        # step's points split across two batches could then be stored (and read back) out
+        # of their logging order, as ids are handed out in write order.
         pending: asyncio.Future[tuple[int, bool]] | None = None
 
         def account(result: tuple[int, bool]) -> None:
