@@ -309,6 +309,7 @@ class MlflowTarget:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=url)
+        self.noop_session: Any = None
         self.experiment_id = experiment_id or self.client.create_experiment(
             f"bench-{uuid.uuid4().hex[:8]}"
         )
@@ -366,11 +367,12 @@ class MlflowTarget:
 
     def noop_call(self) -> Callable[[], None] | None:
         """GET /health on a kept-alive connection (as the client's own requests session), or
-        None against Cairn's gateway (its health check asks the services behind it)."""
+        None against Cairn's gateway (it has no such no-op route: its /healthz asks the
+        services behind it)."""
         import requests
 
         url = self.client.tracking_uri
-        session = requests.Session()
+        session = self.noop_session = requests.Session()
         if session.get(f"{url}/health", timeout=10).status_code != 200:
             return None
 
@@ -384,7 +386,8 @@ class MlflowTarget:
         return MlflowTarget(self.client.tracking_uri, self.experiment_id)
 
     def close(self) -> None:
-        pass
+        if self.noop_session is not None:
+            self.noop_session.close()
 
 
 class CairnTarget:

@@ -141,15 +141,46 @@ class Database:
         self.engine.dispose()
 
 
-def fetch_tuples(session: Session, statement: Select[Any]) -> list[tuple[Any, ...]]:
-    """Every row of a Core SELECT as the driver's own tuples, read on the session's connection
-    (so inside its transaction) but past SQLAlchemy's result layer: no Row object per row and
-    no type processing of parameters or results. For long reads of plain numbers and text
-    (a metric's history), where building a Row per row cost more than the query; PostgreSQL
-    sends such rows in its binary format (no text to parse). Driver errors come out as
-    SQLAlchemy's, as from session.execute."""
+@contextmanager
+def driver_cursor(session: Session, *, binary: bool = False) -> Iterator[Any]:
+    """A cursor of the driver itself on the session's connection (so inside its transaction),
+    for the hot paths where SQLAlchemy's per-row work cost more than the query: reads of long
+    results (fetch_tuples), bulk inserts, COPY. `binary`: PostgreSQL sends rows in its binary
+    format. Driver errors come out as SQLAlchemy's, as from session.execute (so a lost
+    connection is still UNAVAILABLE and a deadlock ABORTED), and a lost connection is
+    invalidated in the pool."""
     connection = session.connection()
     dialect = connection.dialect
+    dbapi_connection = connection.connection
+    cursor = (
+        dbapi_connection.cursor(binary=True)
+        if binary and dialect.name == "postgresql"
+        else dbapi_connection.cursor()
+    )
+    try:
+        yield cursor
+    except dialect.loaded_dbapi.Error as error:
+        invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(
+            None,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated,
+            dialect=dialect,
+        ) from error
+    finally:
+        cursor.close()
+
+
+def fetch_tuples(session: Session, statement: Select[Any]) -> list[tuple[Any, ...]]:
+    """Every row of a Core SELECT as the driver's own tuples, past SQLAlchemy's result layer:
+    no Row object per row and no type processing of parameters or results. For long reads of
+    plain numbers and text (a metric's history), where building a Row per row cost more than
+    the query."""
+    dialect = session.connection().dialect
     compiled = statement.compile(dialect=dialect)
     sql = compiled.string
     if "POSTCOMPILE" in sql:
@@ -158,30 +189,10 @@ def fetch_tuples(session: Session, statement: Select[Any]) -> list[tuple[Any, ..
     parameters: Any = (
         tuple(named[name] for name in compiled.positiontup or ()) if compiled.positional else named
     )
-    dbapi_connection = connection.connection
-    cursor = (
-        dbapi_connection.cursor(binary=True)
-        if dialect.name == "postgresql"
-        else dbapi_connection.cursor()
-    )
-    try:
+    with driver_cursor(session, binary=True) as cursor:
         cursor.execute(sql, parameters)
         rows = cursor.fetchall()  # a list from both drivers
         return rows if isinstance(rows, list) else list(rows)
-    except dialect.loaded_dbapi.Error as error:
-        invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
-        if invalidated:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance(
-            sql,
-            parameters,
-            error,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=invalidated,
-            dialect=dialect,
-        ) from error
-    finally:
-        cursor.close()
 
 
 @contextmanager

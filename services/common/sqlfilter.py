@@ -193,6 +193,16 @@ class KeyValueField(FieldSql):
     def _exists(self, condition: ColumnElement[bool]) -> ColumnElement[bool]:
         return exists().where(self.link, self.key_match, condition)
 
+    def compares_number(self, node: Comparison | InList) -> bool:
+        """Whether `node` compares this field's parsed number (value_num), so that a row it
+        accepts has one."""
+        return (
+            self.value_kind == "text_or_number"
+            and isinstance(node, Comparison)
+            and _is_number(node.value)
+            and "LIKE" not in node.op
+        )
+
     def value_condition(self, op: str, value: Value) -> ColumnElement[bool]:
         c = self.table.c
         if self.value_kind == "number":

@@ -31,14 +31,25 @@ log = logging.getLogger(__name__)
 STALE_SHARE = 0.2
 STALE_MIN_ROWS = 200
 INTERVAL_S = 5.0
+LOCK_TIMEOUT_MS = 1_000
+STATEMENT_TIMEOUT_MS = 30_000
 
 
 def stale_tables(connection: Connection, tables: Sequence[str]) -> list[str]:
     """Those of `tables` (in the current schema) that changed enough to be analyzed again."""
+    # Only tables this role may analyze (it owns them, owns the database, or is a superuser):
+    # ANALYZE skips the others with a warning, and they would stay stale, warned about every
+    # round.
     rows = connection.execute(
         text(
-            "SELECT relname, n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables "
-            "WHERE schemaname = current_schema() AND relname = ANY(:names) ORDER BY relname"
+            "SELECT s.relname, s.n_live_tup, s.n_mod_since_analyze "
+            "FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+            "WHERE s.schemaname = current_schema() AND s.relname = ANY(:names) "
+            "AND (pg_has_role(c.relowner, 'USAGE') "
+            "OR pg_has_role((SELECT datdba FROM pg_database "
+            "WHERE datname = current_database()), 'USAGE') "
+            "OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)) "
+            "ORDER BY s.relname"
         ),
         {"names": list(tables)},
     )
@@ -63,10 +74,15 @@ class StatisticsKeeper:
         if self.database.dialect != "postgresql":
             return []
         with self.database.engine.connect() as connection:
+            # Never wait behind a lock (another replica's ANALYZE, a VACUUM, an index build):
+            # a table that is busy now is analyzed next round. The timeouts bound a round, so
+            # stopping the service never waits long for one.
+            connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+            connection.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT_MS}ms'"))
             stale = stale_tables(connection, self.tables)
             for name in stale:
                 # A name from the service's own list, quoted as an identifier.
-                connection.execute(text(f'ANALYZE "{name}"'))
+                connection.execute(text(f'ANALYZE (SKIP_LOCKED) "{name}"'))
             connection.commit()
         if stale:
             log.debug("analyzed %s", ", ".join(stale))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Final
@@ -20,6 +21,15 @@ from services.common.statistics import StatisticsKeeper
 from services.tracker.artifact_store import open_artifact_store
 from services.tracker.service import TrackerService
 from services.tracker.servicer import TrackerServicer
+from services.tracker.store.models import (
+    ExperimentRow,
+    ExperimentTagRow,
+    LatestMetricRow,
+    ParamRow,
+    RunRow,
+    RunTagRow,
+    table_of,
+)
 from services.tracker.store.store import TrackerStore
 
 log = logging.getLogger(__name__)
@@ -28,14 +38,11 @@ SERVICE: Final = "tracker"
 MIGRATIONS = Path(__file__).parent / "store" / "migrations"
 # The tables searches plan over, kept analyzed on PostgreSQL (the metric points are read by
 # their index alone, whatever their statistics).
-SEARCHED_TABLES = (
-    "experiments",
-    "experiment_tags",
-    "runs",
-    "params",
-    "run_tags",
-    "latest_metrics",
+SEARCHED_TABLES = tuple(
+    table_of(model).name
+    for model in (ExperimentRow, ExperimentTagRow, RunRow, ParamRow, RunTagRow, LatestMetricRow)
 )
+STATISTICS_STOP_S = 35.0
 GRPC_SERVICE_NAME = tracker_service_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name
 
 
@@ -83,12 +90,17 @@ def build_spec(settings: Settings) -> ServiceSpec:
         )
 
     async def stop() -> None:
-        if keeper is not None and statistics is not None:
-            keeper.stop()
-            await statistics  # a refresh in flight ends before the database closes
-        runner.shutdown()
-        if database is not None:
-            database.dispose()
+        try:
+            if keeper is not None and statistics is not None:
+                keeper.stop()
+                # A refresh in flight ends before the database closes (its statements are
+                # bounded by the keeper's timeouts).
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(statistics), STATISTICS_STOP_S)
+        finally:
+            runner.shutdown()
+            if database is not None:
+                database.dispose()
 
     return ServiceSpec(
         name=SERVICE,

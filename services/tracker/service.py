@@ -623,7 +623,7 @@ class TrackerService:
         if count > MAX_POINTS_PER_BATCH:
             raise InvalidArgument(
                 f"at most {MAX_POINTS_PER_BATCH} points per batch, got {count}",
-                field="metrics",
+                field="metrics" if columns is None else "columns",
             )
         points = metric_tuples(metrics)
         if columns is not None:
@@ -881,11 +881,11 @@ def column_tuples(columns: metric_pb2.MetricPointColumns) -> list[MetricPointTup
             f"got {len(columns.timestamp_ms)}",
             field="columns.timestamp_ms",
         )
-    if count == 0:
-        return []
     names = list(columns.keys)
     for name in set(names):
         _check_key(name, "columns.keys")
+    if count == 0:
+        return []
     indexes = list(columns.key_indexes)
     if min(indexes) < 0 or max(indexes) >= len(names):
         raise InvalidArgument(

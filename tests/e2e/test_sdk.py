@@ -371,3 +371,31 @@ def test_full_history_over_several_pages(client: cairn.Tracker) -> None:
     assert steps == history.steps()
     copied = pickle.loads(pickle.dumps(history))
     assert copied.steps() == history.steps() and len(copied) == count
+
+
+def test_stream_metrics_refuses_a_tracker_that_stored_fewer_points() -> None:
+    """A tracker older than columnar batches ignores the columns field and acknowledges
+    empty batches: the SDK says so instead of reporting the points as stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cairn.tracker.v1 import tracker_service_pb2_grpc
+
+    class OlderTracker(tracker_service_pb2_grpc.TrackerServiceServicer):
+        def StreamMetrics(self, request_iterator: Any, context: Any) -> Any:
+            batches = list(request_iterator)
+            stored = sum(len(batch.metrics) for batch in batches)  # no columns known
+            return tracker_service_pb2.StreamMetricsResponse(
+                batch_count=len(batches), stored_point_count=stored
+            )
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    tracker_service_pb2_grpc.add_TrackerServiceServicer_to_server(OlderTracker(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = cairn.Tracker(f"127.0.0.1:{port}", capture_environment=False)
+    try:
+        with pytest.raises(cairn.CairnError, match="stored 0 of 3 points"):
+            client.stream_metrics([("m", 1.0, s) for s in range(3)], run_id="r1")
+    finally:
+        client.close()
+        server.stop(0)

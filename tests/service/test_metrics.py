@@ -340,6 +340,10 @@ BAD_COLUMNS = {
         metric_pb2.MetricPointColumns(keys=["a\x00b"], key_indexes=[0], steps=[1], values=[1.0]),
         "columns.keys",
     ),
+    "bad-key-without-points": (
+        metric_pb2.MetricPointColumns(keys=["ok", ""]),
+        "columns.keys",
+    ),
     "time-out-of-range": (
         metric_pb2.MetricPointColumns(
             keys=["m"], key_indexes=[0], steps=[1], values=[1.0], timestamp_ms=[2**62]
@@ -379,6 +383,7 @@ def test_the_batch_limit_counts_both_forms(shared_tracker: TrackerStub, run: run
         pb.LogMetricsRequest(run=run.name, metrics=[metric("m", 0.0)], columns=many),
     )
     assert "100001" in error.details()
+    assert error_info(error).metadata["field"] == "columns"
     stored = shared_tracker.LogMetrics(pb.LogMetricsRequest(run=run.name, columns=many))
     assert stored.stored_point_count == 100_000
     assert history(shared_tracker, run, "m").total_point_count == 100_000

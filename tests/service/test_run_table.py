@@ -1028,3 +1028,17 @@ def test_list_run_keys_refuses_bad_requests(
     shared_tracker: TrackerStub, request_fields: dict[str, Any], field: str
 ) -> None:
     invalid(shared_tracker.ListRunKeys, pb.ListRunKeysRequest(**request_fields), field)
+
+
+def test_a_filter_on_the_sort_key_keeps_the_table_order(seeded: Seeded) -> None:
+    """QueryRunTable shares SearchRuns' plan: a condition on the sort key is checked on its
+    inner-joined row (r4's NaN loss fails every comparison, as it does in EXISTS)."""
+    for filter_text, order_by, expected in [
+        ("metrics.loss > 0.4", "metrics.loss DESC", ["r3", "r1"]),
+        ("metrics.loss < 1", "metrics.loss", ["r2", "r1", "r3"]),
+        ("metrics.loss != 0.5", "metrics.loss DESC", ["r3", "r2"]),
+    ]:
+        table = seeded.table("metrics.loss", order_by=order_by, filter=filter_text)
+        assert seeded.rows(table) == expected, filter_text
+        loss = {"r1": 0.5, "r2": 0.3, "r3": 0.7}
+        assert list(column(table, "metrics.loss").numbers) == [loss[r] for r in expected]

@@ -493,7 +493,10 @@ CONSTRAINED_SORTS = [
     ("params.model NOT IN ('x', 'linear')", "params.model"),
     ("tags.team ILIKE 's%'", "tags.team"),
     ("tags.team != 'ads' AND metrics.acc > 0.5", "tags.team DESC, metrics.acc"),
-    ("metrics.acc > 0.5 OR params.depth > 5", "metrics.acc DESC"),  # not top level
+    # Not conditions the store moves onto the join (runs without the key still match):
+    ("metrics.acc > 0.5 OR params.depth > 5", "metrics.acc DESC"),
+    ("NOT metrics.acc > 0.85", "metrics.acc DESC"),
+    ("metrics.acc IS NOT NULL", "metrics.acc"),
 ]
 
 

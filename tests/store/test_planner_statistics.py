@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import insert, text
 
@@ -124,3 +125,24 @@ def test_the_running_keeper_analyzes_in_the_background_and_stops(
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) < 5
+
+
+def test_a_table_someone_else_holds_is_skipped_without_waiting(
+    postgres_database: Database,
+) -> None:
+    """Another replica's ANALYZE (or a VACUUM) holds the table: this round skips it at once
+    and a later one analyzes it."""
+    keeper = StatisticsKeeper(postgres_database, SEARCHED_TABLES)
+    _add_runs(postgres_database, 1_000)
+    # A connection of its own (a pooled one could be the writer's, whose row counts
+    # PostgreSQL publishes only once it is idle).
+    url = postgres_database.engine.url.set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as holder:
+        holder.execute("LOCK TABLE runs IN SHARE UPDATE EXCLUSIVE MODE")
+        began = time.monotonic()
+        _refresh_until(keeper, {"params"})
+        assert _analyzed_rows(postgres_database, "runs") <= 0
+        assert time.monotonic() - began < 30
+        holder.rollback()
+    _refresh_until(keeper, {"runs"})
+    assert _analyzed_rows(postgres_database, "runs") == 1_000

@@ -13,7 +13,6 @@ from services.common.timeutil import ms_to_timestamp
 from services.tracker.store.models import (
     ArtifactRow,
     ExperimentRow,
-    LatestMetricRow,
     RunEnvironmentRow,
     RunRow,
     StoredArtifact,
@@ -123,12 +122,6 @@ def run_to_proto(row: RunRow, artifact_uri: str) -> run_pb2.Run:
         ms_to_timestamp(row.end_time, message.end_time)
     if row.delete_time is not None:
         ms_to_timestamp(row.delete_time, message.delete_time)
-    return message
-
-
-def latest_metric_to_proto(row: LatestMetricRow) -> metric_pb2.Metric:
-    message = metric_pb2.Metric(key=row.key, value=metric_value_from_db(row.value), step=row.step)
-    ms_to_timestamp(row.timestamp, message.timestamp)
     return message
 
 

@@ -178,19 +178,21 @@ def plan_run_query(
         constraining = [
             c for c in conjuncts if isinstance(c, Comparison | InList) and c.field == field
         ]
+        number_compared = False
         if constraining:
             query = query.join(table, match)
             joined = _key_value_field(field, table)
             for conjunct in constraining:
                 conjuncts.remove(conjunct)
                 conditions.append(joined_condition(conjunct, joined))
+                number_compared = number_compared or joined.compares_number(conjunct)
         else:
             query = query.outerjoin(table, match)
         # Params sort by number when they are numbers, then by text. A joined row always
         # has a value, except a metric whose latest value is NaN (stored as NULL), and every
-        # metric condition rejects that one.
+        # metric condition rejects that one; a param has a number where one was compared.
         if field.kind == "params":
-            columns.append(SortColumn(table.c.value_num, key.descending))
+            columns.append(SortColumn(table.c.value_num, key.descending, number_compared))
         columns.append(SortColumn(table.c.value, key.descending, never_null=bool(constraining)))
     columns.append(SortColumn(_runs.c.run_id, False, never_null=True))
     remaining = (

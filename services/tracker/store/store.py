@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import (
     Numeric,
     Text,
@@ -39,11 +38,11 @@ from sqlalchemy.sql import Select
 
 from cairn.common.v1 import environment_pb2
 from cairn.tracker.v1 import experiment_pb2, run_pb2
-from services.common.db import Database, fetch_tuples
+from services.common.db import Database, driver_cursor, fetch_tuples
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.filtering import FieldRef, Node, OrderKey
 from services.common.sqlfilter import keyset_after, order_clauses, select_sort_values
-from services.common.timeutil import now_ms
+from services.common.timeutil import ms_to_timestamp, now_ms
 from services.tracker.store import convert
 from services.tracker.store.convert import HistoryColumns
 from services.tracker.store.models import (
@@ -682,13 +681,10 @@ class TrackerStore:
             .where(latest.run_id.in_(ids))
             .order_by(latest.run_id, latest.key)
         ):
-            seconds, millis = divmod(timestamp, 1000)
-            by_id[run_id].metrics.add(
-                key=key,
-                value=convert.metric_value_from_db(value),
-                step=step,
-                timestamp=Timestamp(seconds=seconds, nanos=millis * 1_000_000),
+            metric = by_id[run_id].metrics.add(
+                key=key, value=convert.metric_value_from_db(value), step=step
             )
+            ms_to_timestamp(timestamp, metric.timestamp)
         if view == run_pb2.RUN_VIEW_FULL:
             for artifact in session.scalars(
                 select(ArtifactRow).where(ArtifactRow.run_id.in_(ids)).order_by(ArtifactRow.path)
@@ -725,7 +721,12 @@ class TrackerStore:
                 row.run_id: row
                 for row in session.scalars(select(RunRow).where(RunRow.run_id.in_(page_ids)))
             }
-            items = self._runs_to_proto(session, [rows[i] for i in page_ids], query.view)
+            # A run purged between the two statements (each its own snapshot under READ
+            # COMMITTED) is left out of the page; the page token still follows the last
+            # picked run.
+            items = self._runs_to_proto(
+                session, [rows[i] for i in page_ids if i in rows], query.view
+            )
         return Page(items, _next_position(result, query.page_size, len(columns)))
 
     def query_run_table(
@@ -1201,9 +1202,8 @@ class TrackerStore:
     ) -> None:
         to_db = convert.metric_value_to_db
         if self.db.dialect == "postgresql" and len(points) >= COPY_THRESHOLD:
-            raw: Any = session.connection().connection.driver_connection
             with (
-                raw.cursor() as cursor,
+                driver_cursor(session) as cursor,
                 cursor.copy(
                     "COPY metrics (run_id, key, step, timestamp, value) FROM STDIN"
                 ) as copy,
@@ -1212,9 +1212,8 @@ class TrackerStore:
                     copy.write_row((run_id, key, step, timestamp, to_db(value)))
             return
         # The driver's own executemany of plain tuples: SQLAlchemy's per-row parameter
-        # processing was a third of a bulk ingest's server time. NaN goes in as NULL.
-        raw = session.connection().connection.driver_connection
-        cursor = raw.cursor()  # type: ignore[union-attr]
+        # processing was a third of a bulk ingest's server time. NaN goes in as NULL
+        # (convert.metric_value_to_db, inlined: it runs once per point).
         statement = (
             "INSERT INTO metrics (run_id, key, step, timestamp, value) VALUES (?, ?, ?, ?, ?)"
             if self.db.dialect == "sqlite"
@@ -1222,15 +1221,13 @@ class TrackerStore:
             "VALUES (%s, %s, %s, %s, %s)"
         )
         rows = [(run_id, k, s, t, v if v == v else None) for k, v, s, t in points]
-        try:
+        with driver_cursor(session) as cursor:
             # One row is one plain execute: psycopg's executemany runs a pipeline, more round
             # trips than a single-point LogMetrics needs.
             if len(rows) == 1:
                 cursor.execute(statement, rows[0])
             else:
                 cursor.executemany(statement, rows)
-        finally:
-            cursor.close()
 
     def _update_latest(
         self, session: Session, run_id: str, points: Sequence[MetricPointTuple]

@@ -5,7 +5,7 @@ Without them the planner multiplies the selectivity of `key = 'model'` by that o
 model 'xgb' among 10,000 seeded runs where 3,388 have it, and chose a hash join of every
 candidate over reading the sort key's index in order (18 ms instead of 5). The MCV list of
 the pairs gives it the real frequency. SQLite has no such statistics; its plan does not
-depend on them.
+depend on them. MCV statistics need PostgreSQL 12 or later.
 
 Revision ID: 0002
 Revises: 0001
