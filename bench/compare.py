@@ -63,7 +63,14 @@ from typing import Any
 
 import cairn
 from bench import seed
-from bench.common import _serving, free_port, percentile, postgres_database, timed
+from bench.common import (
+    _serving,
+    checkpoint,
+    free_port,
+    percentile,
+    postgres_database,
+    timed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MLFLOW_VENV = ROOT / ".bench" / "mlflow-venv"
@@ -529,8 +536,13 @@ class Seeding:
 
 
 def run_workloads(
-    targets: dict[str, Target], sizes: dict[str, Any], seeding: Seeding | None = None
+    targets: dict[str, Target],
+    sizes: dict[str, Any],
+    seeding: Seeding | None = None,
+    settle: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, float]]:
+    """The workloads against each system in turns; `settle` runs before each timed write
+    round (PostgreSQL: a CHECKPOINT, so every round starts from the same state)."""
     systems = [system for system in SYSTEMS if system in targets]
     figures: dict[str, dict[str, float]] = {system: {} for system in systems}
     rng = random.Random(7)
@@ -595,6 +607,7 @@ def run_workloads(
             progress("ingest", system)
             target = targets[system]
             run_id = target.start_run(f"ingest-{round_number}")
+            settle()
             began = time.perf_counter()
             stored = target.ingest(run_id, values)
             rates[system].append(stored / (time.perf_counter() - began))
@@ -605,6 +618,7 @@ def run_workloads(
 
     for system in _rotations(turn, systems):
         progress("ingest-x4", system)
+        settle()
         figures[system]["ingest_4_writers_points_per_s"] = concurrent_ingest(
             targets[system], values, WRITERS
         )
@@ -875,7 +889,8 @@ def section(result: dict[str, Any]) -> str:
 - sizes: {sizes["runs"]:,} runs created (10 params, 5 metrics each); {sizes["log_calls"]:,}
   single-point log_metric calls; {sizes["points"]:,} points bulk-ingested into one run (MLflow
   client: log_batch of {MLFLOW_BATCH:,}; Cairn SDK: streaming ingest; the median of
-  {sizes["ingests"]} rounds, as is the COPY limit), and again by {WRITERS}
+  {sizes["ingests"]} rounds, as is the COPY limit; on PostgreSQL each round after a
+  CHECKPOINT), and again by {WRITERS}
   concurrent writers (each a client of its own, a quarter of the points into its own run);
   search over the {sizes["runs"]:,} runs repeated {sizes["searches"]} times, and over
   {" and ".join(f"{n:,}" for n in sizes["scales"])} runs bulk-seeded by SQL into each system's own
@@ -966,7 +981,9 @@ def main(argv: list[str] | None = None) -> None:
             seeding = Seeding(
                 mlflow_url, cairn_url or f"sqlite:///{scratch / 'cairn' / 'cairn.db'}"
             )
-            figures = run_workloads(targets, sizes, seeding)
+            figures = run_workloads(
+                targets, sizes, seeding, settle=checkpoint if postgres else lambda: None
+            )
         finally:
             for target in targets.values():
                 target.close()
@@ -974,9 +991,11 @@ def main(argv: list[str] | None = None) -> None:
         if cairn_url is not None:
             print("  copy     PostgreSQL COPY", file=sys.stderr, flush=True)
             values = [random.Random(7).random() for _ in range(sizes["points"])]
-            limit["copy_points_per_s"] = statistics.median(
-                copy_limit(cairn_url, values) for _ in range(sizes["ingests"])
-            )
+            rates = []
+            for _ in range(sizes["ingests"]):
+                checkpoint()
+                rates.append(copy_limit(cairn_url, values))
+            limit["copy_points_per_s"] = statistics.median(rates)
             limit["cairn_ingest_share_of_copy"] = (
                 figures["cairn"]["ingest_points_per_s"] / limit["copy_points_per_s"]
             )
