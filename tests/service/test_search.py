@@ -159,6 +159,25 @@ class DataSet:
         assert not response.next_page_token
         return [self.labels.get(r.run_id, r.run_id) for r in response.runs]
 
+    def pages(self, filter_text: str, order_by: str, page_size: int) -> list[list[str]]:
+        """Labels of the runs of experiments A and B, page by page through page tokens."""
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            response = self.tracker.SearchRuns(
+                pb.SearchRunsRequest(
+                    experiment_ids=[self.experiments[e] for e in "AB"],
+                    filter=filter_text,
+                    order_by=order_by,
+                    page_size=page_size,
+                    page_token=token,
+                )
+            )
+            pages.append([self.labels[r.run_id] for r in response.runs])
+            token = response.next_page_token
+            if not token:
+                return pages
+
 
 def _create(tracker: TrackerStub, experiment: Any, spec: Spec, number: int) -> run_pb2.Run:
     start = timestamp_pb2.Timestamp()
@@ -460,19 +479,7 @@ def test_order_by_param_is_numeric_then_text(data: DataSet) -> None:
 def test_paging_gives_the_sequence_of_one_big_page(data: DataSet, order_by: str) -> None:
     whole = data.search(order_by=order_by)
     assert sorted(whole) == sorted(ACTIVE_LABELS)
-    pages: list[list[str]] = []
-    token = ""
-    ids = [data.experiments["A"], data.experiments["B"]]
-    while True:
-        response = data.tracker.SearchRuns(
-            pb.SearchRunsRequest(
-                experiment_ids=ids, order_by=order_by, page_size=5, page_token=token
-            )
-        )
-        pages.append([data.labels[r.run_id] for r in response.runs])
-        token = response.next_page_token
-        if not token:
-            break
+    pages = data.pages("", order_by, 5)
     assert [len(p) for p in pages] == [5, 5, 2]
     assert [label for page in pages for label in page] == whole
 
@@ -508,23 +515,7 @@ def test_a_filter_on_the_sort_key_keeps_order_and_paging(
     expected = [label for label in data.search(order_by=order_by) if label in matching]
     assert expected, "each case selects some runs"
     assert data.search(filter_text, order_by=order_by) == expected
-    paged: list[str] = []
-    token = ""
-    while True:
-        response = data.tracker.SearchRuns(
-            pb.SearchRunsRequest(
-                experiment_ids=[data.experiments[e] for e in "AB"],
-                filter=filter_text,
-                order_by=order_by,
-                page_size=2,
-                page_token=token,
-            )
-        )
-        paged.extend(data.labels[r.run_id] for r in response.runs)
-        token = response.next_page_token
-        if not token:
-            break
-    assert paged == expected
+    assert [label for page in data.pages(filter_text, order_by, 2) for label in page] == expected
 
 
 def test_paging_through_a_filtered_search(data: DataSet) -> None:
